@@ -1,0 +1,132 @@
+"""Settings, read from the environment (and an optional `.env` file)."""
+
+import logging
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+# HS256 wants a key of at least 256 bits (RFC 7518, section 3.2); anything shorter, or one of
+# the values that tutorials and templates ship with, is treated as a placeholder.
+MIN_SECRET_KEY_LENGTH = 32
+PLACEHOLDER_SECRET_KEYS = frozenset(
+    {
+        "changeme",
+        "change-me",
+        "changethis",
+        "change-this",
+        "secret",
+        "secret-key",
+        "secret_key",
+        "your-secret-key",
+        "your_secret_key",
+        "please-change-me",
+        "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",
+    }
+)
+SECRET_KEY_FILE = "secret_key"
+GENERATE_HINT = 'python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
+
+
+class ConfigurationError(RuntimeError):
+    """The settings cannot run the service; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # MongoDB. Unset MONGODB_URL means the embedded development store (see db.py).
+    mongodb_url: str | None = None
+    mongodb_db: str = "social_api"
+    mongodb_timeout_ms: Annotated[int, Field(ge=100, le=120_000)] = 5_000
+
+    # The embedded development store, used only while MONGODB_URL is unset.
+    data_dir: Path = Path(".data")
+    embedded_storage: Literal["sqlite", "memory"] = "sqlite"
+    embedded_port: Annotated[int, Field(ge=0, le=65_535)] = 0
+    # Set by `social-api serve --workers N` for its worker processes so that they share the
+    # one embedded store the supervisor runs; not meant to be set by hand.
+    embedded_store_url: str | None = None
+
+    # Authentication.
+    secret_key: SecretStr | None = None
+    algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    access_token_expire_minutes: Annotated[int, Field(ge=1, le=60 * 24 * 30)] = 30
+    bcrypt_rounds: Annotated[int, Field(ge=4, le=31)] = 12
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("mongodb_url", "embedded_store_url", "secret_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `MONGODB_URL=` in a compose file or .env means "not set", not "connect to ''".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when the service runs on the embedded development store."""
+        return self.mongodb_url is None
+
+    def with_secret_key(self) -> "Settings":
+        """Return these settings with a usable secret key, or refuse with a clear message.
+
+        With a real MongoDB the key must be given and must not be a placeholder. On the
+        embedded development store a missing key is generated once and kept next to the
+        data, so tokens survive a restart and every worker process signs with the same key.
+        """
+        if self.secret_key is not None:
+            key = self.secret_key.get_secret_value()
+            weak = key.lower() in PLACEHOLDER_SECRET_KEYS or len(key) < MIN_SECRET_KEY_LENGTH
+            if weak and not self.embedded:
+                raise ConfigurationError(
+                    "SECRET_KEY is a placeholder or shorter than "
+                    f"{MIN_SECRET_KEY_LENGTH} characters; refusing to sign tokens with it "
+                    f"on a real MongoDB. Generate one with: {GENERATE_HINT}"
+                )
+            if weak:
+                logger.warning("SECRET_KEY is weak; acceptable only for local development")
+            return self
+        if not self.embedded:
+            raise ConfigurationError(
+                "SECRET_KEY is not set. It is required with MONGODB_URL; generate one with: "
+                f"{GENERATE_HINT}"
+            )
+        return self.model_copy(update={"secret_key": SecretStr(load_or_create_secret(self))})
+
+
+def load_or_create_secret(settings: Settings) -> str:
+    """Read the embedded store's signing key, creating it first if it does not exist yet."""
+    path = settings.data_dir / SECRET_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Write a private temporary file, then link it into place: link() fails if another
+        # worker won the race, and every worker then reads the same winning key.
+        candidate = path.with_name(f".{SECRET_KEY_FILE}.{os.getpid()}")
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            os.link(candidate, path)
+            logger.info("Generated a signing key in %s", path.resolve())
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink()
+    key = path.read_text().strip()
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigurationError(f"{path} holds no usable key; delete it to generate a new one")
+    return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,216 @@
+"""The MongoDB connection, the documents' indexes, and the embedded development store.
+
+The application speaks to MongoDB only through `pymongo.AsyncMongoClient` and Beanie. What
+answers at the URL is either a real MongoDB (`MONGODB_URL`) or, when that is unset, the
+embedded store: a mongoeco wire-protocol server on loopback, which the same client reaches
+over TCP exactly as it would reach `mongod`. There is no second code path.
+"""
+
+import asyncio
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from beanie import Document, init_beanie
+from beanie.odm.utils.typing import get_index_attributes
+from pymongo import AsyncMongoClient, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from service.config import ConfigurationError, Settings
+from service.models import DOCUMENTS
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+EMBEDDED_DB_FILE = "embedded.sqlite"
+EMBEDDED_LOCK_FILE = "embedded.lock"
+
+type Database = AsyncDatabase[dict[str, Any]]
+
+
+class EmbeddedStore:
+    """A mongoeco wire server on 127.0.0.1, run on its own thread and event loop.
+
+    Its own loop keeps the store independent of the loop (or loops) of whoever connects to it:
+    the app in this process, or the worker processes of `social-api serve --workers N`.
+    """
+
+    def __init__(self, storage: Literal["sqlite", "memory"], data_dir: Path, port: int = 0) -> None:
+        self.storage = storage
+        self.data_dir = data_dir
+        self.port = port
+        self.url: str | None = None
+        self._lock_file: IO[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="embedded-store", daemon=True)
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file holding the data, or None in memory."""
+        return self.data_dir / EMBEDDED_DB_FILE if self.storage == "sqlite" else None
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start serving and return the URL to connect to."""
+        if self.path is not None:
+            self._lock()
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise ConfigurationError(f"the embedded store did not start within {timeout} s")
+        if self._error is not None:
+            self._unlock()
+            raise ConfigurationError(f"the embedded store failed to start: {self._error}")
+        assert self.url is not None
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving; the SQLite engine flushes and closes its file."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self._unlock()
+
+    def _lock(self) -> None:
+        # SQLite alone would let two servers open one file and corrupt each other's caches and
+        # index catalogues; the lock makes a second process fail loudly instead.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        handle = (self.data_dir / EMBEDDED_LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigurationError(
+                f"the embedded store in {self.data_dir.resolve()} is already open in another "
+                "process. Run several workers with `social-api serve --workers N` (they share "
+                "one store), give this process another DATA_DIR, or set MONGODB_URL."
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:  # reported to start(), which raises it in the caller
+            self._error = error
+            self._started.set()
+
+    async def _serve(self) -> None:
+        # Imported here: only the embedded mode needs the emulator loaded.
+        from mongoeco.engines.memory import MemoryEngine
+        from mongoeco.engines.sqlite import SQLiteEngine
+        from mongoeco.wire.proxy import AsyncMongoEcoProxyServer
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        engine = MemoryEngine() if self.path is None else SQLiteEngine(str(self.path))
+        server = AsyncMongoEcoProxyServer(
+            engine=engine,
+            host="127.0.0.1",
+            port=self.port,
+            mongodb_dialect="8.0",
+            pymongo_profile="auto-installed",
+        )
+        address = await server.start()
+        try:
+            self.url = address.uri
+            self._started.set()
+            await self._stop.wait()
+        finally:
+            await server.close()
+
+
+def embedded_banner(store: EmbeddedStore) -> str:
+    where = (
+        f"in the SQLite file {store.path.resolve()} (kept across restarts)"
+        if store.path is not None
+        else "in memory only (lost when the process stops)"
+    )
+    return "\n".join(
+        [
+            "=" * 78,
+            "EMBEDDED DEVELOPMENT STORE: MONGODB_URL is not set, so this process runs a",
+            "MongoDB emulator (mongoeco) for development, not a production database.",
+            f"  data:        {where}",
+            f"  wire URL:    {store.url}  (mongosh and Compass can connect here)",
+            "  switch with: EMBEDDED_STORAGE=memory | sqlite",
+            "  production:  set MONGODB_URL=mongodb://user:pass@host:27017/ and SECRET_KEY",
+            "=" * 78,
+        ]
+    )
+
+
+@asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[Database]:
+    """Open the client, initialise Beanie (indexes are created here) and close on exit."""
+    store: EmbeddedStore | None = None
+    url = settings.mongodb_url or settings.embedded_store_url
+    if url is None:
+        store = EmbeddedStore(settings.embedded_storage, settings.data_dir, settings.embedded_port)
+        url = await asyncio.to_thread(store.start)
+        logger.warning("\n%s", embedded_banner(store))
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
+        appname="social-api",
+    )
+    try:
+        database = client[settings.mongodb_db]
+        await init_beanie(database=database, document_models=list(DOCUMENTS))
+        yield database
+    finally:
+        await client.close()
+        if store is not None:
+            await asyncio.to_thread(store.stop)
+
+
+def declared_indexes(document: type[Document]) -> list[list[tuple[str, Any]]]:
+    """The key patterns a document declares, by `Indexed` fields and `Settings.indexes`."""
+    keys: list[list[tuple[str, Any]]] = []
+    for name, field in document.model_fields.items():
+        attributes = get_index_attributes(field)
+        if attributes is not None:
+            keys.append([(field.alias or name, attributes[0])])
+    for index in document.get_settings().indexes or []:
+        model = index.index if hasattr(index, "index") else index
+        if isinstance(model, IndexModel):
+            keys.append(list(model.document["key"].items()))
+    return keys
+
+
+async def readiness_problems(database: Database) -> list[str]:
+    """What keeps the service from being ready: no answer from MongoDB, or a missing index."""
+    problems: list[str] = []
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await database.command("ping")
+            for document in DOCUMENTS:
+                collection = document.get_pymongo_collection()
+                info = await collection.index_information()
+                present = [list(index["key"]) for index in info.values()]
+                problems += [
+                    f"missing index {collection.name} {dict(keys)}"
+                    for keys in declared_indexes(document)
+                    if keys not in present
+                ]
+    except TimeoutError:
+        problems.append(f"MongoDB did not answer within {READY_TIMEOUT_S} s")
+    except Exception as error:  # any driver failure means "not ready", with its reason
+        problems.append(f"MongoDB is unavailable: {type(error).__name__}")
+    return problems

@@ -1,0 +1,76 @@
+"""Dependencies shared by the routers: settings, the current user, posts looked up by id."""
+
+from typing import Annotated
+
+import jwt
+from beanie import PydanticObjectId
+from bson import ObjectId
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import OAuth2PasswordBearer
+
+from service.config import Settings
+from service.models import Post, PostOut, User, id_of
+from service.security import decode_access_token
+
+# auto_error=False: a missing header gets this project's own 401, raised below.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="login", auto_error=False)
+
+BEARER = {"WWW-Authenticate": "Bearer"}
+NOT_AUTHENTICATED = "Not authenticated"
+INVALID_CREDENTIALS = "Could not validate credentials"
+NOT_AUTHORIZED = "Not authorized to perform requested action"
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with (and its secret resolved at start)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+TokenDep = Annotated[str | None, Depends(oauth2_scheme)]
+
+
+async def get_current_user(settings: SettingsDep, token: TokenDep) -> User:
+    """The user the bearer token names; every failure is the same 401."""
+    if token is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_AUTHENTICATED, headers=BEARER)
+    credentials_error = HTTPException(
+        status.HTTP_401_UNAUTHORIZED, INVALID_CREDENTIALS, headers=BEARER
+    )
+    try:
+        claims = decode_access_token(token, settings)
+    except jwt.InvalidTokenError:
+        raise credentials_error from None
+    if not ObjectId.is_valid(claims.sub):
+        raise credentials_error
+    # Looked up on every request, so a deleted user's tokens stop working at once.
+    user = await User.get(PydanticObjectId(claims.sub))
+    if user is None:
+        raise credentials_error
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_visible_post(post_id: PydanticObjectId, user: CurrentUser) -> PostOut:
+    """The post with its owner and votes; someone else's draft does not exist (404)."""
+    post = await Post.read_one(post_id, id_of(user))
+    if post is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"post with id: {post_id} was not found")
+    return post
+
+
+async def get_owned_post(post_id: PydanticObjectId, user: CurrentUser) -> Post:
+    """A post the caller may change: 404 if it does not exist for them, then 403 if not theirs."""
+    post = await Post.get(post_id)
+    if post is None or not post.is_visible_to(id_of(user)):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"post with id: {post_id} does not exist")
+    if post.owner_id != id_of(user):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, NOT_AUTHORIZED)
+    return post
+
+
+VisiblePostDep = Annotated[PostOut, Depends(get_visible_post)]
+OwnedPostDep = Annotated[Post, Depends(get_owned_post)]

@@ -1,0 +1,94 @@
+"""The application factory."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pymongo.errors import ConnectionFailure, ExecutionTimeout
+
+from service import db, security
+from service.config import Settings, get_settings
+from service.routers import auth, posts, users, votes
+
+logger = logging.getLogger(__name__)
+
+
+class Status(BaseModel):
+    message: str
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings.with_secret_key()
+    app.state.settings = settings
+    async with db.connect(settings) as database:
+        app.state.database = database
+        await security.warm_up(settings)
+        yield
+
+
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("MongoDB unavailable on %s %s: %r", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "Database unavailable, try again shortly"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette answers unhandled errors in text/plain; the contract wants JSON everywhere.
+    logger.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"detail": "Internal Server Error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; `settings` overrides the environment (tests pass their own)."""
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    app = FastAPI(
+        title="Social API",
+        summary="The FastAPI course's social network: users, posts and votes on MongoDB.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_exception_handler(ConnectionFailure, database_unavailable)
+    app.add_exception_handler(ExecutionTimeout, database_unavailable)
+    app.add_exception_handler(Exception, internal_error)
+
+    app.include_router(auth.router)
+    app.include_router(users.router)
+    app.include_router(posts.router)
+    app.include_router(votes.router)
+
+    @app.get("/", tags=["Health"])
+    async def root() -> Status:
+        """A greeting, to show the API answers."""
+        return Status(message="Welcome to the Social API: see /docs")
+
+    @app.get("/healthz", tags=["Health"])
+    async def healthz() -> Status:
+        """Liveness: the process is up."""
+        return Status(message="ok")
+
+    @app.get(
+        "/readyz",
+        tags=["Health"],
+        responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"description": "Not ready"}},
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: MongoDB answers a ping and every declared index exists."""
+        problems = await db.readiness_problems(request.app.state.database)
+        if problems:
+            return JSONResponse(
+                {"detail": problems}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+            )
+        return JSONResponse({"message": "ready"})
+
+    return app

@@ -1,0 +1,54 @@
+"""Users: the document, and the schemas derived from it."""
+
+from datetime import datetime
+from typing import Annotated
+
+from beanie import Document, Indexed, PydanticObjectId
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field
+
+from service.models.base import utc_now
+
+PASSWORD_MIN_CHARS = 8
+PASSWORD_MAX_BYTES = 72  # bcrypt reads no further; a longer password would be cut silently
+
+
+def _strip(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _check_password(password: str) -> str:
+    if len(password) < PASSWORD_MIN_CHARS:
+        raise ValueError(f"Password must be at least {PASSWORD_MIN_CHARS} characters long")
+    if len(password.encode("utf-8")) > PASSWORD_MAX_BYTES:
+        raise ValueError(f"Password must be at most {PASSWORD_MAX_BYTES} bytes long in UTF-8")
+    return password
+
+
+# Emails are one account whatever their case: trimmed before validation, lower-cased after.
+NormalizedEmail = Annotated[EmailStr, BeforeValidator(_strip), AfterValidator(str.lower)]
+Password = Annotated[str, AfterValidator(_check_password)]
+
+
+class UserBase(BaseModel):
+    # The unique index is what makes registration race-free: see routers/users.py.
+    email: Annotated[str, Indexed(unique=True)]
+
+
+class User(Document, UserBase):
+    hashed_password: str
+    created_at: datetime = Field(default_factory=utc_now)
+
+    class Settings:
+        name = "users"
+
+
+class UserCreate(BaseModel):
+    email: NormalizedEmail
+    password: Password
+
+
+class UserPublic(UserBase):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: PydanticObjectId
+    created_at: datetime

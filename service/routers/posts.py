@@ -1,0 +1,63 @@
+"""Posts: the feed, one post, and create, replace and delete for their owner."""
+
+from typing import Annotated
+
+from fastapi import Query, Response, status
+
+from service.deps import CurrentUser, OwnedPostDep, VisiblePostDep
+from service.models import Post, PostCreate, PostOut, PostPublic, PostUpdate, Vote, id_of
+from service.routing import CollectionRouter, Responses, error
+
+router = CollectionRouter(prefix="/posts", tags=["Posts"])
+
+UNAUTHORIZED: Responses = {status.HTTP_401_UNAUTHORIZED: error("Missing or invalid token")}
+NOT_FOUND: Responses = {status.HTTP_404_NOT_FOUND: error("No such post, or someone else's draft")}
+FORBIDDEN: Responses = {status.HTTP_403_FORBIDDEN: error("The post belongs to someone else")}
+
+
+@router.get("/", responses=UNAUTHORIZED)
+async def read_posts(
+    user: CurrentUser,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size")] = 10,
+    skip: Annotated[int, Query(ge=0, description="Posts to skip")] = 0,
+    search: Annotated[
+        str, Query(max_length=300, description="Literal, case-insensitive text in title or content")
+    ] = "",
+) -> list[PostOut]:
+    """Newest posts first, with their vote counts; X-Total-Count says how many match."""
+    total, posts = await Post.read_feed(id_of(user), search=search, skip=skip, limit=limit)
+    response.headers["X-Total-Count"] = str(total)
+    return posts
+
+
+@router.get("/{post_id}", responses={**UNAUTHORIZED, **NOT_FOUND})
+async def read_post(post: VisiblePostDep) -> PostOut:
+    """One post with its vote count."""
+    return post
+
+
+@router.post("/", status_code=status.HTTP_201_CREATED, responses=UNAUTHORIZED)
+async def create_post(post_in: PostCreate, user: CurrentUser) -> PostPublic:
+    """Write a post; `published: false` keeps it a draft only you can see."""
+    post = Post(**post_in.model_dump(), owner_id=id_of(user))
+    await post.insert()
+    return PostPublic.of(post, user)
+
+
+@router.put("/{post_id}", responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND})
+async def update_post(post: OwnedPostDep, post_in: PostUpdate, user: CurrentUser) -> PostPublic:
+    """Replace your post's title, content and published flag."""
+    await post.set(post_in.model_dump())
+    return PostPublic.of(post, user)
+
+
+@router.delete(
+    "/{post_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND},
+)
+async def delete_post(post: OwnedPostDep) -> None:
+    """Delete your post and the votes on it."""
+    await post.delete()
+    await Vote.find(Vote.post_id == post.id).delete()

@@ -1,0 +1,121 @@
+"""Password hashing and access tokens, as plain functions of their inputs and the settings."""
+
+import asyncio
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+import jwt
+from passlib.context import CryptContext
+
+from service.config import Settings
+
+# bcrypt costs about a quarter of a second of CPU at the default cost. It runs in its own small
+# pool, one thread per core, so that logins never block the event loop and a burst of them
+# queues here instead of taking every core away from the requests that only read.
+_hash_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="bcrypt")
+
+REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti")
+
+
+@lru_cache
+def _context(rounds: int) -> CryptContext:
+    return CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
+
+
+def hash_password_sync(password: str, rounds: int) -> str:
+    """Hash with a fresh random salt (bcrypt makes it; never supply one)."""
+    return str(_context(rounds).hash(password))
+
+
+def verify_password_sync(password: str, hashed: str) -> bool:
+    """Check a password against a bcrypt hash in constant time for that hash's cost."""
+    # The cost is read from the hash itself, so any context verifies hashes of any cost.
+    return bool(_context(4).verify(password, hashed))
+
+
+@lru_cache
+def _dummy_hash(rounds: int) -> str:
+    return hash_password_sync(f"dummy-{uuid.uuid4()}", rounds)
+
+
+async def hash_password(password: str, settings: Settings) -> str:
+    """Hash a password in the hashing pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _hash_pool, hash_password_sync, password, settings.bcrypt_rounds
+    )
+
+
+async def verify_password(password: str, hashed: str | None, settings: Settings) -> bool:
+    """Verify in the hashing pool; with no hash (unknown user) spend the same time and fail.
+
+    Checking an unknown email against a dummy hash of the configured cost makes "no such user"
+    and "wrong password" take about as long, so response times do not reveal which emails
+    have accounts.
+    """
+    loop = asyncio.get_running_loop()
+    if hashed is None:
+        dummy = await loop.run_in_executor(_hash_pool, _dummy_hash, settings.bcrypt_rounds)
+        await loop.run_in_executor(_hash_pool, verify_password_sync, password, dummy)
+        return False
+    return await loop.run_in_executor(_hash_pool, verify_password_sync, password, hashed)
+
+
+async def warm_up(settings: Settings) -> None:
+    """Make the dummy hash before the first login needs it."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(_hash_pool, _dummy_hash, settings.bcrypt_rounds)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    sub: str
+    jti: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+def create_access_token(user_id: str, settings: Settings, *, now: datetime | None = None) -> str:
+    """Sign an access token for one user."""
+    issued = now or datetime.now(UTC)
+    claims = {
+        "sub": user_id,
+        "user_id": user_id,  # what the course's clients read
+        "iat": issued,
+        "exp": issued + timedelta(minutes=settings.access_token_expire_minutes),
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, _secret(settings), algorithm=settings.algorithm)
+
+
+def decode_access_token(token: str, settings: Settings) -> TokenClaims:
+    """Verify signature, algorithm and expiry; raise jwt.InvalidTokenError on any failure.
+
+    Only the configured algorithm is accepted, so `alg: none` and algorithm-swapping tokens
+    fail signature checks like any forgery.
+    """
+    payload = jwt.decode(
+        token,
+        _secret(settings),
+        algorithms=[settings.algorithm],
+        options={"require": list(REQUIRED_CLAIMS)},
+    )
+    sub, jti = payload["sub"], payload["jti"]
+    if not isinstance(sub, str) or not isinstance(jti, str):
+        raise jwt.InvalidTokenError("sub and jti must be strings")
+    return TokenClaims(
+        sub=sub,
+        jti=jti,
+        issued_at=datetime.fromtimestamp(payload["iat"], UTC),
+        expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+    )
+
+
+def _secret(settings: Settings) -> str:
+    if settings.secret_key is None:
+        raise RuntimeError("settings carry no secret key; call Settings.with_secret_key() first")
+    return settings.secret_key.get_secret_value()
