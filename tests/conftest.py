@@ -1,0 +1,104 @@
+"""Fixtures: one database server per run, one app per run, an empty database per test.
+
+The server is the embedded store's own mongoeco wire server (memory engine) on a free
+loopback port, reached by the real PyMongo driver. Set TEST_MONGODB_URL to run the same suite
+against a real MongoDB instead; it then uses a throwaway database that it drops at the end.
+"""
+
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from beanie import init_beanie
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.db import EmbeddedStore
+from service.main import create_app
+from service.models import DOCUMENTS
+from tests.factories import assert_no_secrets
+
+# Every setting is given here, so nothing in the environment or a .env file reaches a test.
+TEST_SECRET_KEY = secrets.token_urlsafe(48)
+
+
+def make_settings(mongodb_url: str, mongodb_db: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "mongodb_url": mongodb_url,
+        "mongodb_db": mongodb_db,
+        "mongodb_timeout_ms": 5_000,
+        "embedded_store_url": None,
+        "secret_key": TEST_SECRET_KEY,
+        "algorithm": "HS256",
+        "access_token_expire_minutes": 30,
+        "bcrypt_rounds": 4,  # the lowest bcrypt allows: the suite tests logic, not cost
+        "log_level": "WARNING",
+    }
+    return Settings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("TEST_MONGODB_URL")
+    if url:
+        yield url
+        return
+    store = EmbeddedStore("memory", tmp_path_factory.mktemp("store"))
+    yield store.start()
+    store.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(mongodb_url: str) -> Settings:
+    return make_settings(mongodb_url, f"test_social_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application) as manager:
+        yield manager.app  # type: ignore[misc]
+        await application.state.database.client.drop_database(settings.mongodb_db)
+
+
+@pytest.fixture(autouse=True)
+async def clean_database(app: FastAPI) -> None:
+    """Each test starts empty: documents go, indexes stay."""
+    for document in DOCUMENTS:
+        await document.get_pymongo_collection().delete_many({})
+
+
+async def _check_response(response: httpx.Response) -> None:
+    await response.aread()
+    if response.content:
+        assert_no_secrets(response.json())
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the app; it checks every response it receives for leaks."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://testserver",
+        event_hooks={"response": [_check_response]},
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+async def restore_beanie(app: FastAPI) -> AsyncIterator[None]:
+    """For tests that start apps of their own: Beanie binds its documents to one database per
+    process, so afterwards they are bound back to the suite's."""
+    yield
+    await init_beanie(database=app.state.database, document_models=list(DOCUMENTS))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
