@@ -62,8 +62,8 @@ def settings(mongodb_url: str) -> Settings:
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
-    async with LifespanManager(application) as manager:
-        yield manager.app  # type: ignore[misc]
+    async with LifespanManager(application):
+        yield application
         await application.state.database.client.drop_database(settings.mongodb_db)
 
 

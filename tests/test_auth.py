@@ -1,0 +1,216 @@
+"""Login, and how every protected route treats bad or missing tokens."""
+
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from beanie import PydanticObjectId
+
+from service import security
+from service.models import User
+from tests.conftest import TEST_SECRET_KEY
+from tests.factories import DEFAULT_PASSWORD, create_user, register
+
+BEARER = {"www-authenticate": "Bearer"}
+
+
+async def test_login_returns_a_bearer_token_for_the_user(client):
+    user = await register(client, "ann@example.com")
+    response = await client.post(
+        "/login", data={"username": "ann@example.com", "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body.keys() == {"access_token", "token_type"}
+    assert body["token_type"] == "bearer"
+    claims = jwt.decode(body["access_token"], TEST_SECRET_KEY, algorithms=["HS256"])
+    assert claims["sub"] == claims["user_id"] == user["id"]
+    assert claims["exp"] - claims["iat"] == 30 * 60
+    assert claims["jti"]
+
+
+async def test_login_email_is_trimmed_and_case_insensitive(client):
+    await register(client, "ann@example.com")
+    response = await client.post(
+        "/login", data={"username": "  ANN@Example.com ", "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 200
+
+
+async def test_wrong_password_and_unknown_email_get_the_same_403(client):
+    await register(client, "ann@example.com")
+    wrong_password = await client.post(
+        "/login", data={"username": "ann@example.com", "password": "not-the-password"}
+    )
+    unknown_email = await client.post(
+        "/login", data={"username": "nobody@example.com", "password": DEFAULT_PASSWORD}
+    )
+    for response in (wrong_password, unknown_email):
+        assert response.status_code == 403
+        assert response.json() == {"detail": "Invalid Credentials"}
+
+
+async def test_unknown_email_is_still_checked_against_a_hash(client, monkeypatch):
+    checked = []
+    real_verify = security.verify_password_sync
+
+    def spy(password, hashed):
+        checked.append(hashed)
+        return real_verify(password, hashed)
+
+    monkeypatch.setattr(security, "verify_password_sync", spy)
+    response = await client.post(
+        "/login", data={"username": "nobody@example.com", "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 403
+    assert len(checked) == 1 and checked[0].startswith("$2b$04$")
+
+
+@pytest.mark.parametrize(
+    "data", [{"username": "ann@example.com"}, {"password": DEFAULT_PASSWORD}, {}]
+)
+async def test_login_missing_a_field_is_422(client, data):
+    response = await client.post("/login", data=data)
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], list)
+
+
+async def test_login_with_a_json_body_is_422(client):
+    await register(client, "ann@example.com")
+    response = await client.post(
+        "/login", json={"username": "ann@example.com", "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], list)
+
+
+async def test_token_works_on_a_protected_route(client):
+    user = await create_user(client)
+    response = await client.get("/users/me", headers=user.headers)
+    assert response.status_code == 200
+    assert response.json()["id"] == user.id
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Token abc"},
+    ],
+    ids=["none", "empty", "basic", "other-scheme"],
+)
+async def test_missing_or_non_bearer_header_is_not_authenticated(client, headers):
+    response = await client.get("/users/me", headers=headers)
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Not authenticated"}
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def _token(claims_update=None, key=TEST_SECRET_KEY, algorithm="HS256", drop=()):
+    now = datetime.now(UTC)
+    claims = {
+        "sub": str(PydanticObjectId()),
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "jti": "j",
+    }
+    claims.update(claims_update or {})
+    for name in drop:
+        del claims[name]
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+async def _assert_rejected(client, token):
+    response = await client.get("/users/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Could not validate credentials"}
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_expired_token_is_rejected(client):
+    user = await create_user(client)
+    past = datetime.now(UTC) - timedelta(hours=1)
+    await _assert_rejected(client, _token({"sub": user.id, "iat": past, "exp": past}))
+
+
+async def test_tampered_token_is_rejected(client):
+    user = await create_user(client)
+    other = await create_user(client)
+    header, _, signature = user.token.split(".")
+    forged_payload = other.token.split(".")[1]  # someone else's claims, this signature
+    await _assert_rejected(client, f"{header}.{forged_payload}.{signature}")
+    flipped = signature[:-2] + ("AA" if not signature.endswith("AA") else "BB")
+    await _assert_rejected(client, f"{header}.{user.token.split('.')[1]}.{flipped}")
+
+
+async def test_alg_none_token_is_rejected(client):
+    user = await create_user(client)
+    await _assert_rejected(client, _token({"sub": user.id}, key=None, algorithm="none"))
+
+
+async def test_token_signed_with_another_key_is_rejected(client):
+    user = await create_user(client)
+    await _assert_rejected(client, _token({"sub": user.id}, key="another-key-" * 4))
+
+
+@pytest.mark.parametrize("token", ["garbage", "a.b.c", "Bearer", "x" * 500])
+async def test_malformed_token_is_rejected(client, token):
+    await _assert_rejected(client, token)
+
+
+@pytest.mark.parametrize("sub", ["not-an-object-id", 12345, ""])
+async def test_token_with_a_bad_subject_is_rejected(client, sub):
+    await _assert_rejected(client, _token({"sub": sub}))
+
+
+@pytest.mark.parametrize("claim", ["sub", "exp", "iat", "jti"])
+async def test_token_missing_a_required_claim_is_rejected(client, claim):
+    user = await create_user(client)
+    await _assert_rejected(client, _token({"sub": user.id}, drop=(claim,)))
+
+
+async def test_token_of_a_deleted_user_is_rejected(client):
+    user = await create_user(client)
+    assert (await client.get("/users/me", headers=user.headers)).status_code == 200
+    await User.get_pymongo_collection().delete_one({"_id": PydanticObjectId(user.id)})
+    await _assert_rejected(client, user.token)
+
+
+async def test_authentication_comes_before_body_validation(client):
+    no_body = await client.post("/posts/")
+    bad_json = await client.post(
+        "/posts/", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    bad_token_bad_json = await client.post(
+        "/posts/",
+        content=b"{not json",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer nope"},
+    )
+    assert [no_body.status_code, bad_json.status_code] == [401, 401]
+    assert no_body.json() == bad_json.json() == {"detail": "Not authenticated"}
+    assert bad_token_bad_json.status_code == 401
+    assert bad_token_bad_json.json() == {"detail": "Could not validate credentials"}
+
+
+async def test_authentication_comes_before_path_validation(client):
+    response = await client.get("/posts/not-an-id")
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Not authenticated"}
+
+
+async def test_authenticated_bad_body_is_still_422(client):
+    user = await create_user(client)
+    response = await client.post(
+        "/posts/",
+        content=b"{not json",
+        headers={**user.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+async def test_public_routes_do_not_ask_for_a_token(client):
+    response = await client.post("/users/", json={"email": "bad", "password": "x"})
+    assert response.status_code == 422  # validation, not authentication

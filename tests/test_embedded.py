@@ -1,0 +1,189 @@
+"""The embedded development store, the signing key, and what refuses to start."""
+
+import logging
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from service.config import ConfigurationError, Settings
+from service.db import EMBEDDED_DB_FILE, EMBEDDED_LOCK_FILE, EmbeddedStore
+from service.main import create_app
+from tests.factories import DEFAULT_PASSWORD, create_user, login
+
+
+def embedded_settings(data_dir, **overrides) -> Settings:
+    values = {
+        "mongodb_url": None,
+        "embedded_store_url": None,
+        "secret_key": None,
+        "data_dir": data_dir,
+        "embedded_storage": "sqlite",
+        "bcrypt_rounds": 4,
+        "log_level": "WARNING",
+    }
+    return Settings(_env_file=None, **{**values, **overrides})
+
+
+def test_real_mongodb_without_secret_key_refuses_to_start():
+    settings = Settings(_env_file=None, mongodb_url="mongodb://db:27017", secret_key=None)
+    with pytest.raises(ConfigurationError, match="SECRET_KEY is not set"):
+        settings.with_secret_key()
+
+
+@pytest.mark.parametrize("key", ["changeme", "secret", "CHANGETHIS", "short-key"])
+def test_real_mongodb_with_placeholder_secret_key_refuses_to_start(key):
+    settings = Settings(_env_file=None, mongodb_url="mongodb://db:27017", secret_key=key)
+    with pytest.raises(ConfigurationError, match="placeholder"):
+        settings.with_secret_key()
+
+
+def test_real_mongodb_with_a_strong_key_starts():
+    key = "k" * 48
+    settings = Settings(_env_file=None, mongodb_url="mongodb://db:27017", secret_key=key)
+    resolved = settings.with_secret_key()
+    assert resolved.secret_key is not None
+    assert resolved.secret_key.get_secret_value() == key
+
+
+def test_empty_mongodb_url_means_embedded():
+    assert Settings(_env_file=None, mongodb_url="").embedded
+
+
+def test_embedded_key_is_generated_once_and_kept_private(data_dir):
+    first = embedded_settings(data_dir).with_secret_key()
+    second = embedded_settings(data_dir).with_secret_key()
+    assert first.secret_key is not None and second.secret_key is not None
+    assert first.secret_key.get_secret_value() == second.secret_key.get_secret_value()
+    assert len(first.secret_key.get_secret_value()) >= 32
+    mode = stat.S_IMODE((data_dir / "secret_key").stat().st_mode)
+    assert mode == 0o600
+
+
+def test_embedded_store_accepts_a_weak_key_for_development(data_dir):
+    resolved = embedded_settings(data_dir, secret_key="dev").with_secret_key()
+    assert resolved.secret_key is not None
+    assert resolved.secret_key.get_secret_value() == "dev"
+
+
+async def _serve(settings):
+    app = create_app(settings)
+    manager = LifespanManager(app, startup_timeout=60)
+    await manager.__aenter__()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    return manager, client
+
+
+async def test_data_and_tokens_survive_a_restart(data_dir, restore_beanie, caplog):
+    caplog.set_level(logging.WARNING, logger="service.db")
+    manager, client = await _serve(embedded_settings(data_dir))
+    try:
+        user = await create_user(client)
+    finally:
+        await client.aclose()
+        await manager.__aexit__(None, None, None)
+    assert "EMBEDDED DEVELOPMENT STORE" in caplog.text
+    assert str((data_dir / EMBEDDED_DB_FILE).resolve()) in caplog.text
+    assert (data_dir / EMBEDDED_DB_FILE).exists()
+
+    manager, client = await _serve(embedded_settings(data_dir))
+    try:
+        assert await login(client, user.email, DEFAULT_PASSWORD)
+        me = await client.get("/users/me", headers=user.headers)  # a token from before
+        assert me.status_code == 200
+        assert me.json()["email"] == user.email
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+    finally:
+        await client.aclose()
+        await manager.__aexit__(None, None, None)
+
+
+async def test_memory_storage_keeps_nothing_on_disk(data_dir, restore_beanie, caplog):
+    caplog.set_level(logging.WARNING, logger="service.db")
+    manager, client = await _serve(embedded_settings(data_dir, embedded_storage="memory"))
+    try:
+        await create_user(client)
+    finally:
+        await client.aclose()
+        await manager.__aexit__(None, None, None)
+    assert "in memory only" in caplog.text
+    assert not (data_dir / EMBEDDED_DB_FILE).exists()
+
+
+def test_a_second_process_cannot_open_the_same_store(data_dir):
+    first = EmbeddedStore("sqlite", data_dir)
+    first.start()
+    try:
+        with pytest.raises(ConfigurationError, match="already open in another process"):
+            EmbeddedStore("sqlite", data_dir).start()
+    finally:
+        first.stop()
+    again = EmbeddedStore("sqlite", data_dir)  # the lock goes with the store
+    again.start()
+    again.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_workers_share_one_embedded_store(tmp_path):
+    """`serve --workers 2`: the supervisor runs the store, both workers use it."""
+    port = _free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"MONGODB_URL", "SECRET_KEY", "EMBEDDED_STORE_URL", "DATA_DIR"}
+    }
+    env.update({"DATA_DIR": str(tmp_path / "data"), "BCRYPT_ROUNDS": "4"})
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.3)
+        lock_owner = (tmp_path / "data" / EMBEDDED_LOCK_FILE).read_text().strip()
+        assert lock_owner == str(process.pid)  # the supervisor, not a worker, owns the store
+        email = "shared@example.com"
+        created = httpx.post(f"{base}/users/", json={"email": email, "password": DEFAULT_PASSWORD})
+        assert created.status_code == 201
+        for _ in range(12):  # fresh connections, so both workers get some
+            with httpx.Client(base_url=base) as http:
+                response = http.post(
+                    "/login", data={"username": email, "password": DEFAULT_PASSWORD}
+                )
+                assert response.status_code == 200, response.text
+                me = http.get(
+                    "/users/me",
+                    headers={"Authorization": f"Bearer {response.json()['access_token']}"},
+                )
+                assert me.status_code == 200
+        workers = subprocess.run(
+            ["pgrep", "-P", str(process.pid), "-f", "spawn_main"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        assert len(workers) == 2
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

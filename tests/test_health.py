@@ -1,0 +1,89 @@
+"""Root, liveness, readiness, and the JSON shape of errors that no router raises."""
+
+import uuid
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from service.db import EmbeddedStore
+from service.main import create_app
+from service.models import Post
+from tests.conftest import make_settings
+from tests.factories import create_user
+
+
+async def test_root_greets(client):
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert isinstance(response.json()["message"], str)
+
+
+async def test_liveness(client):
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"message": "ok"}
+
+
+async def test_ready_when_mongodb_answers_and_indexes_exist(client):
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"message": "ready"}
+
+
+async def test_not_ready_while_an_index_is_missing(client, restore_beanie):
+    collection = Post.get_pymongo_collection()
+    [name] = [n for n, i in (await collection.index_information()).items() if "created_at" in n]
+    await collection.drop_index(name)
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"detail": ["missing index posts {'created_at': -1, '_id': -1}"]}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/nowhere", 404), ("DELETE", "/users/", 405)]
+)
+async def test_unknown_routes_answer_json(client, method, path, status):
+    response = await client.request(method, path)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert "detail" in response.json()
+
+
+async def test_unhandled_error_is_a_json_500(settings):
+    app = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"detail": "Internal Server Error"}
+
+
+async def test_database_outage_is_a_json_503_and_not_ready(tmp_path, restore_beanie):
+    store = EmbeddedStore("memory", tmp_path)
+    settings = make_settings(
+        store.start(), f"outage_{uuid.uuid4().hex[:8]}", mongodb_timeout_ms=300
+    )
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://t"
+        ) as client,
+    ):
+        user = await create_user(client)
+        store.stop()
+        response = await client.get("/posts/", headers=user.headers)
+        assert response.status_code == 503
+        assert response.json() == {"detail": "Database unavailable, try again shortly"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["detail"][0].startswith("MongoDB")
+        alive = await client.get("/healthz")
+        assert alive.status_code == 200

@@ -1,0 +1,95 @@
+"""Unit tests for hashing and tokens, without HTTP or a database."""
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+
+from service import security
+from tests.conftest import TEST_SECRET_KEY, make_settings
+
+SETTINGS = make_settings("mongodb://unused", "unused")
+
+
+def test_hash_is_salted_bcrypt_of_the_configured_cost():
+    first = security.hash_password_sync("password123", rounds=4)
+    second = security.hash_password_sync("password123", rounds=4)
+    assert first.startswith("$2b$04$")
+    assert first != second  # a fresh salt each time
+    assert "password123" not in first
+
+
+def test_verify_accepts_the_password_and_rejects_others():
+    hashed = security.hash_password_sync("password123", rounds=4)
+    assert security.verify_password_sync("password123", hashed)
+    assert not security.verify_password_sync("password124", hashed)
+
+
+async def test_async_hashing_round_trip():
+    hashed = await security.hash_password("s3cret-pass", SETTINGS)
+    assert await security.verify_password("s3cret-pass", hashed, SETTINGS)
+    assert not await security.verify_password("wrong-pass", hashed, SETTINGS)
+
+
+async def test_unknown_user_never_verifies():
+    assert not await security.verify_password("anything", None, SETTINGS)
+
+
+def test_token_carries_the_course_claims():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    token = security.create_access_token("6b05fd523f23202455a49a96", SETTINGS, now=now)
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    claims = jwt.decode(token, TEST_SECRET_KEY, algorithms=["HS256"], options={"verify_exp": False})
+    assert header["alg"] == "HS256"
+    assert claims["sub"] == claims["user_id"] == "6b05fd523f23202455a49a96"
+    assert claims["exp"] - claims["iat"] == 30 * 60
+    assert len(claims["jti"]) == 32
+
+
+def test_each_token_has_its_own_id():
+    one = security.decode_access_token(security.create_access_token("a" * 24, SETTINGS), SETTINGS)
+    two = security.decode_access_token(security.create_access_token("a" * 24, SETTINGS), SETTINGS)
+    assert one.jti != two.jti
+    assert one.sub == "a" * 24
+
+
+def test_expired_token_is_rejected():
+    past = datetime.now(UTC) - timedelta(minutes=31)
+    token = security.create_access_token("a" * 24, SETTINGS, now=past)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        security.decode_access_token(token, SETTINGS)
+
+
+def test_token_signed_with_another_key_is_rejected():
+    token = jwt.encode({"sub": "a" * 24, "exp": 4102444800, "iat": 0, "jti": "x"}, "k" * 40)
+    with pytest.raises(jwt.InvalidSignatureError):
+        security.decode_access_token(token, SETTINGS)
+
+
+def test_unsigned_token_is_rejected():
+    token = jwt.encode(
+        {"sub": "a" * 24, "exp": 4102444800, "iat": 0, "jti": "x"}, None, algorithm="none"
+    )
+    with pytest.raises(jwt.InvalidAlgorithmError):
+        security.decode_access_token(token, SETTINGS)
+
+
+def test_token_of_another_hmac_algorithm_is_rejected():
+    token = jwt.encode(
+        {"sub": "a" * 24, "exp": 4102444800, "iat": 0, "jti": "x"},
+        TEST_SECRET_KEY,
+        algorithm="HS512",
+    )
+    with pytest.raises(jwt.InvalidAlgorithmError):
+        security.decode_access_token(token, SETTINGS)
+
+
+@pytest.mark.parametrize("missing", ["sub", "exp", "iat", "jti"])
+def test_token_missing_a_claim_is_rejected(missing):
+    claims = {"sub": "a" * 24, "exp": 4102444800, "iat": 0, "jti": "x"}
+    del claims[missing]
+    token = jwt.encode(claims, TEST_SECRET_KEY, algorithm="HS256")
+    with pytest.raises(jwt.MissingRequiredClaimError):
+        security.decode_access_token(token, SETTINGS)
