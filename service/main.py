@@ -3,8 +3,11 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, ExecutionTimeout
@@ -28,6 +31,38 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.database = database
         await security.warm_up(settings)
         yield
+
+
+def _is_secret(key: object) -> bool:
+    return isinstance(key, str) and "password" in key.lower()
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items() if not _is_secret(k)}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's standard 422 body, without echoing passwords back.
+
+    Each error's `input` repeats what was rejected: the password itself when the password
+    breaks a rule, or the whole body when a field is missing.
+    """
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        error = dict(error)
+        if any(_is_secret(part) for part in error.get("loc", ())):
+            error.pop("input", None)
+        elif "input" in error:
+            error["input"] = _redact(error["input"])
+        errors.append(error)
+    return JSONResponse(
+        {"detail": jsonable_encoder(errors)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+    )
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -58,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ConnectionFailure, database_unavailable)
     app.add_exception_handler(ExecutionTimeout, database_unavailable)
     app.add_exception_handler(Exception, internal_error)

@@ -214,3 +214,9 @@ async def test_authenticated_bad_body_is_still_422(client):
 async def test_public_routes_do_not_ask_for_a_token(client):
     response = await client.post("/users/", json={"email": "bad", "password": "x"})
     assert response.status_code == 422  # validation, not authentication
+
+
+async def test_login_validation_error_does_not_echo_the_password(client):
+    response = await client.post("/login", data={"password": "a-secret-password"})
+    assert response.status_code == 422
+    assert "a-secret-password" not in response.text

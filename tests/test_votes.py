@@ -1,0 +1,277 @@
+"""HTTP tests for /vote: adding and taking back votes, visibility, validation, races."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from service.models import Vote
+from tests.factories import LoggedInUser, create_post, create_user, vote
+
+MISSING_ID = "0123456789abcdef01234567"
+ADDED = {"message": "successfully added vote"}
+DELETED = {"message": "successfully deleted vote"}
+NOT_AUTHENTICATED = {"detail": "Not authenticated"}
+
+
+def post_not_found(post_id: str) -> dict[str, str]:
+    return {"detail": f"Post with id: {post_id} does not exist"}
+
+
+async def votes_on(client: httpx.AsyncClient, viewer: LoggedInUser, post_id: str) -> int:
+    response = await client.get(f"/posts/{post_id}", headers=viewer.headers)
+    assert response.status_code == 200, response.text
+    count: int = response.json()["votes"]
+    return count
+
+
+async def count_votes() -> int:
+    count: int = await Vote.get_pymongo_collection().count_documents({})
+    return count
+
+
+@pytest.mark.parametrize("path", ["/vote/", "/vote"])
+async def test_vote_answers_on_both_spellings(client: httpx.AsyncClient, path: str) -> None:
+    user = await create_user(client)
+    post = await create_post(client, user)
+
+    response = await client.post(path, json={"post_id": post["id"], "dir": 1}, headers=user.headers)
+
+    assert response.status_code == 201, response.text
+    assert response.json() == ADDED
+
+
+async def test_add_vote_is_201(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    voter = await create_user(client)
+    post = await create_post(client, owner)
+
+    response = await vote(client, voter, post["id"])
+
+    assert response.status_code == 201
+    assert response.json() == ADDED
+    assert await votes_on(client, voter, post["id"]) == 1
+
+
+async def test_voting_twice_is_409(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    voter = await create_user(client)
+    post = await create_post(client, owner)
+    await vote(client, voter, post["id"])
+
+    response = await vote(client, voter, post["id"])
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"user {voter.id} has already voted on post {post['id']}"}
+    assert await votes_on(client, voter, post["id"]) == 1
+
+
+async def test_delete_vote_is_201(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    voter = await create_user(client)
+    post = await create_post(client, owner)
+    await vote(client, voter, post["id"])
+
+    response = await vote(client, voter, post["id"], 0)
+
+    assert response.status_code == 201
+    assert response.json() == DELETED
+    assert await votes_on(client, voter, post["id"]) == 0
+
+
+async def test_delete_vote_not_cast_is_404(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    voter = await create_user(client)
+    post = await create_post(client, owner)
+    await vote(client, owner, post["id"])  # someone else's vote is not the caller's
+
+    response = await vote(client, voter, post["id"], 0)
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Vote does not exist"}
+    assert await votes_on(client, voter, post["id"]) == 1
+
+
+async def test_vote_removed_then_added_again(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    voter = await create_user(client)
+    post = await create_post(client, owner)
+    await vote(client, voter, post["id"])
+
+    removed = await vote(client, voter, post["id"], 0)
+    added = await vote(client, voter, post["id"], 1)
+
+    assert (removed.status_code, removed.json()) == (201, DELETED)
+    assert (added.status_code, added.json()) == (201, ADDED)
+    assert await votes_on(client, voter, post["id"]) == 1
+
+
+@pytest.mark.parametrize("direction", [1, 0])
+async def test_vote_on_missing_post_is_404(client: httpx.AsyncClient, direction: int) -> None:
+    voter = await create_user(client)
+
+    response = await vote(client, voter, MISSING_ID, direction)
+
+    assert response.status_code == 404
+    assert response.json() == post_not_found(MISSING_ID)
+    assert await count_votes() == 0
+
+
+@pytest.mark.parametrize("direction", [1, 0])
+async def test_vote_on_someone_elses_draft_is_404(
+    client: httpx.AsyncClient, direction: int
+) -> None:
+    owner = await create_user(client)
+    voter = await create_user(client)
+    draft = await create_post(client, owner, published=False)
+
+    response = await vote(client, voter, draft["id"], direction)
+
+    assert response.status_code == 404
+    assert response.json() == post_not_found(draft["id"])
+    assert await count_votes() == 0
+
+
+async def test_owner_can_vote_on_own_draft(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    draft = await create_post(client, owner, published=False)
+
+    response = await vote(client, owner, draft["id"])
+
+    assert response.status_code == 201
+    assert response.json() == ADDED
+    assert await votes_on(client, owner, draft["id"]) == 1
+
+
+async def test_users_may_vote_on_own_published_post(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    post = await create_post(client, owner)
+
+    response = await vote(client, owner, post["id"])
+
+    assert response.status_code == 201
+    assert response.json() == ADDED
+    assert await votes_on(client, owner, post["id"]) == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"dir": 2},
+        {"dir": -1},
+        {"dir": True},
+        {"dir": "1"},
+        {"dir": 1.5},
+        {"dir": 1.0},
+        {"dir": None},
+        {},
+    ],
+    ids=["2", "-1", "true", "string", "1.5", "1.0", "null", "missing"],
+)
+async def test_dir_other_than_0_or_1_is_422(
+    client: httpx.AsyncClient, payload: dict[str, object]
+) -> None:
+    user = await create_user(client)
+    post = await create_post(client, user)
+
+    response = await client.post(
+        "/vote/", json={"post_id": post["id"], **payload}, headers=user.headers
+    )
+
+    assert response.status_code == 422
+    assert any(error["loc"] == ["body", "dir"] for error in response.json()["detail"])
+    assert await count_votes() == 0
+
+
+@pytest.mark.parametrize("post_id", ["123", "not-an-object-id", "0123456789abcdef0123456z", 7])
+async def test_malformed_post_id_is_422(client: httpx.AsyncClient, post_id: object) -> None:
+    user = await create_user(client)
+
+    response = await client.post(
+        "/vote/", json={"post_id": post_id, "dir": 1}, headers=user.headers
+    )
+
+    assert response.status_code == 422
+    assert any(error["loc"] == ["body", "post_id"] for error in response.json()["detail"])
+
+
+async def test_missing_post_id_is_422(client: httpx.AsyncClient) -> None:
+    user = await create_user(client)
+
+    response = await client.post("/vote/", json={"dir": 1}, headers=user.headers)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "post_id"]
+
+
+async def test_vote_without_token_is_401(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    post = await create_post(client, owner)
+
+    response = await client.post("/vote/", json={"post_id": post["id"], "dir": 1})
+
+    assert response.status_code == 401
+    assert response.json() == NOT_AUTHENTICATED
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert await count_votes() == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"", b'{"post_id": "nope", "dir": 7}'],
+    ids=["broken-json", "no-body", "invalid-fields"],
+)
+async def test_unauthenticated_bad_body_is_401_not_422(
+    client: httpx.AsyncClient, content: bytes
+) -> None:
+    response = await client.post(
+        "/vote/", content=content, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 401
+    assert response.json() == NOT_AUTHENTICATED
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_votes_count_follows_adds_and_deletes_by_several_users(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await create_user(client)
+    voters = [await create_user(client) for _ in range(3)]
+    post = await create_post(client, owner)
+    other_post = await create_post(client, owner)
+
+    for voter in voters:
+        assert (await vote(client, voter, post["id"])).status_code == 201
+    assert await votes_on(client, owner, post["id"]) == 3
+
+    assert (await vote(client, voters[0], post["id"], 0)).status_code == 201
+    assert await votes_on(client, owner, post["id"]) == 2
+    assert await votes_on(client, owner, other_post["id"]) == 0
+
+
+async def test_simultaneous_identical_votes_count_once(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    voter = await create_user(client)
+    post = await create_post(client, owner)
+
+    responses = await asyncio.gather(*(vote(client, voter, post["id"]) for _ in range(16)))
+
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [201] + [409] * 15, [response.text for response in responses]
+    duplicate = {"detail": f"user {voter.id} has already voted on post {post['id']}"}
+    assert all(r.json() == duplicate for r in responses if r.status_code == 409)
+    assert await votes_on(client, owner, post["id"]) == 1
+    assert await count_votes() == 1
+
+
+async def test_simultaneous_votes_by_different_users_all_count(client: httpx.AsyncClient) -> None:
+    owner = await create_user(client)
+    voters = [await create_user(client) for _ in range(16)]
+    post = await create_post(client, owner)
+
+    responses = await asyncio.gather(*(vote(client, voter, post["id"]) for voter in voters))
+
+    assert [response.status_code for response in responses] == [201] * 16
+    assert all(response.json() == ADDED for response in responses)
+    assert await votes_on(client, owner, post["id"]) == 16
