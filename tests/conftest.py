@@ -7,8 +7,13 @@ against a real MongoDB instead; it then uses a throwaway database that it drops 
 
 import os
 import secrets
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +107,46 @@ async def restore_beanie(app: FastAPI) -> AsyncIterator[None]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(directory: Path, *args: str, **env: str) -> Iterator[tuple[str, int]]:
+    """Run `social-api serve` on a free loopback port with the embedded store in `directory`;
+    yield its base URL and process id once /readyz answers 200."""
+    port = free_port()
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"MONGODB_URL", "SECRET_KEY", "EMBEDDED_STORE_URL", "DATA_DIR"}
+    }
+    environment.update({"DATA_DIR": str(directory / "data"), "BCRYPT_ROUNDS": "4", **env})
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), *args]
+    # Its working directory is `directory`, so no .env file of the checkout is read.
+    process = subprocess.Popen(
+        command, cwd=directory, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise AssertionError(f"server exited with {process.returncode}:\n{output}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("server did not become ready within 60 s")
+            time.sleep(0.2)
+        yield base, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,12 +1,8 @@
 """The embedded development store, the signing key, and what refuses to start."""
 
 import logging
-import os
-import socket
 import stat
 import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -15,6 +11,7 @@ from asgi_lifespan import LifespanManager
 from service.config import ConfigurationError, Settings
 from service.db import EMBEDDED_DB_FILE, EMBEDDED_LOCK_FILE, EmbeddedStore
 from service.main import create_app
+from tests.conftest import running_server
 from tests.factories import DEFAULT_PASSWORD, create_user, login
 
 
@@ -130,39 +127,11 @@ def test_a_second_process_cannot_open_the_same_store(data_dir):
     again.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_workers_share_one_embedded_store(tmp_path):
     """`serve --workers 2`: the supervisor runs the store, both workers use it."""
-    port = _free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"MONGODB_URL", "SECRET_KEY", "EMBEDDED_STORE_URL", "DATA_DIR"}
-    }
-    env.update({"DATA_DIR": str(tmp_path / "data"), "BCRYPT_ROUNDS": "4"})
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.3)
+    with running_server(tmp_path, "--workers", "2") as (base, pid):
         lock_owner = (tmp_path / "data" / EMBEDDED_LOCK_FILE).read_text().strip()
-        assert lock_owner == str(process.pid)  # the supervisor, not a worker, owns the store
+        assert lock_owner == str(pid)  # the supervisor, not a worker, owns the store
         email = "shared@example.com"
         created = httpx.post(f"{base}/users/", json={"email": email, "password": DEFAULT_PASSWORD})
         assert created.status_code == 201
@@ -172,18 +141,13 @@ def test_workers_share_one_embedded_store(tmp_path):
                     "/login", data={"username": email, "password": DEFAULT_PASSWORD}
                 )
                 assert response.status_code == 200, response.text
-                me = http.get(
-                    "/users/me",
-                    headers={"Authorization": f"Bearer {response.json()['access_token']}"},
-                )
+                token = response.json()["access_token"]
+                me = http.get("/users/me", headers={"Authorization": f"Bearer {token}"})
                 assert me.status_code == 200
         workers = subprocess.run(
-            ["pgrep", "-P", str(process.pid), "-f", "spawn_main"],
+            ["pgrep", "-P", str(pid), "-f", "spawn_main"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout.split()
         assert len(workers) == 2
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
