@@ -14,9 +14,12 @@ from passlib.context import CryptContext
 from service.config import Settings
 
 # bcrypt costs about a quarter of a second of CPU at the default cost. It runs in its own small
-# pool, one thread per core, so that logins never block the event loop and a burst of them
-# queues here instead of taking every core away from the requests that only read.
-_hash_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="bcrypt")
+# pool (bcrypt releases the GIL, so these threads use other cores), never on the event loop.
+# The pool leaves one core to the event loop: a burst of logins queues here instead of
+# starving the requests that only read.
+_hash_pool = ThreadPoolExecutor(
+    max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="bcrypt"
+)
 
 REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti")
 
