@@ -1,4 +1,4 @@
-"""Root, liveness, readiness, and the JSON shape of errors that no router raises."""
+"""Root, liveness, readiness, the OpenAPI document, and errors no router raises."""
 
 import uuid
 
@@ -87,3 +87,39 @@ async def test_database_outage_is_a_json_503_and_not_ready(tmp_path, restore_bea
         assert ready.json()["detail"][0].startswith("MongoDB")
         alive = await client.get("/healthz")
         assert alive.status_code == 200
+
+
+async def test_openapi_document_describes_the_contract(app):
+    # A plain client: the schema names `password` fields, which the leak check would flag.
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as plain:
+        response = await plain.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.json()
+    assert set(spec["paths"]) == {
+        "/",
+        "/healthz",
+        "/readyz",
+        "/login",
+        "/users/",
+        "/users/me",
+        "/users/{user_id}",
+        "/posts/",
+        "/posts/{post_id}",
+        "/vote/",
+    }
+    feed = spec["paths"]["/posts/"]["get"]["responses"]
+    assert "X-Total-Count" in feed["200"]["headers"]
+    assert set(spec["paths"]["/posts/{post_id}"]["put"]["responses"]) == {
+        "200",
+        "401",
+        "403",
+        "404",
+        "422",
+    }
+    login = spec["paths"]["/login"]["post"]["requestBody"]["content"]
+    assert "application/x-www-form-urlencoded" in login
+    assert spec["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]["password"] == {
+        "scopes": {},
+        "tokenUrl": "login",
+    }

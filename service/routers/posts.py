@@ -15,7 +15,19 @@ NOT_FOUND: Responses = {status.HTTP_404_NOT_FOUND: error("No such post, or someo
 FORBIDDEN: Responses = {status.HTTP_403_FORBIDDEN: error("The post belongs to someone else")}
 
 
-@router.get("/", responses=UNAUTHORIZED)
+TOTAL_COUNT_HEADER: Responses = {
+    status.HTTP_200_OK: {
+        "headers": {
+            "X-Total-Count": {
+                "description": "How many posts match, before limit and skip",
+                "schema": {"type": "integer"},
+            }
+        }
+    }
+}
+
+
+@router.get("/", responses={**TOTAL_COUNT_HEADER, **UNAUTHORIZED})
 async def read_posts(
     user: CurrentUser,
     response: Response,
