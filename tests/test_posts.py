@@ -903,3 +903,25 @@ async def test_search_longer_than_300_characters_is_422(client: httpx.AsyncClien
     too_long = await client.get("/posts/", params={"search": "x" * 301}, headers=user.headers)
     assert ok.status_code == 200
     assert_validation_error(too_long, "query", "search")
+
+
+async def test_skip_is_bounded_to_a_32_bit_integer(client: httpx.AsyncClient) -> None:
+    user = await create_user(client)
+    await create_post(client, user)
+    last = await client.get("/posts/", params={"skip": 2**31 - 1}, headers=user.headers)
+    beyond = await client.get("/posts/", params={"skip": 2**31}, headers=user.headers)
+    huge = await client.get("/posts/", params={"skip": "9" * 30}, headers=user.headers)
+    assert last.status_code == 200
+    assert last.json() == []
+    assert last.headers["x-total-count"] == "1"
+    assert_validation_error(beyond, "query", "skip")
+    assert_validation_error(huge, "query", "skip")
+
+
+async def test_search_with_a_nul_character_matches_literally(client: httpx.AsyncClient) -> None:
+    user = await create_user(client)
+    post = await create_post(client, user, title="before\x00after")
+    await create_post(client, user, title="before after")
+    response = await client.get("/posts/", params={"search": "e\x00a"}, headers=user.headers)
+    assert response.status_code == 200
+    assert [item["Post"]["id"] for item in response.json()] == [post["id"]]

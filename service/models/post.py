@@ -56,7 +56,9 @@ class Post(Document, PostBase):
         match: dict[str, Any] = _visible_to(viewer_id)
         if search:
             # A literal, case-insensitive substring: the text is escaped, never a pattern.
-            pattern = {"$regex": re.escape(search), "$options": "i"}
+            # A BSON regex cannot hold a NUL byte, so NUL goes in as the escape PCRE reads.
+            literal = re.escape(search).replace("\x00", "\\x00")
+            pattern = {"$regex": literal, "$options": "i"}
             match = {"$and": [match, {"$or": [{"title": pattern}, {"content": pattern}]}]}
         pipeline = [
             {"$match": match},

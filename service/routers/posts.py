@@ -10,6 +10,11 @@ from service.routing import CollectionRouter, Responses, error
 
 router = CollectionRouter(prefix="/posts", tags=["Posts"])
 
+# A bound on skip so that absurd values are a 422, not a driver error: the largest 32-bit
+# integer, which every store takes as a plain int (2 billion posts; past the last post a
+# page is simply empty).
+MAX_SKIP = 2**31 - 1
+
 UNAUTHORIZED: Responses = {status.HTTP_401_UNAUTHORIZED: error("Missing or invalid token")}
 NOT_FOUND: Responses = {status.HTTP_404_NOT_FOUND: error("No such post, or someone else's draft")}
 FORBIDDEN: Responses = {status.HTTP_403_FORBIDDEN: error("The post belongs to someone else")}
@@ -32,7 +37,7 @@ async def read_posts(
     user: CurrentUser,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size")] = 10,
-    skip: Annotated[int, Query(ge=0, description="Posts to skip")] = 0,
+    skip: Annotated[int, Query(ge=0, le=MAX_SKIP, description="Posts to skip")] = 0,
     search: Annotated[
         str, Query(max_length=300, description="Literal, case-insensitive text in title or content")
     ] = "",
