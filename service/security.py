@@ -24,6 +24,12 @@ _hash_pool = ThreadPoolExecutor(
 REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti")
 
 
+BCRYPT_MAX_BYTES = 72  # bcrypt reads no further, and bcrypt 5 refuses longer passwords
+
+# Verification reads the cost from the hash itself, so one context checks hashes of any cost.
+_verifier = CryptContext(schemes=["bcrypt"])
+
+
 @lru_cache
 def _context(rounds: int) -> CryptContext:
     return CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
@@ -34,15 +40,26 @@ def hash_password_sync(password: str, rounds: int) -> str:
     return str(_context(rounds).hash(password))
 
 
-def verify_password_sync(password: str, hashed: str) -> bool:
-    """Check a password against a bcrypt hash in constant time for that hash's cost."""
-    # The cost is read from the hash itself, so any context verifies hashes of any cost.
-    return bool(_context(4).verify(password, hashed))
-
-
 @lru_cache
 def _dummy_hash(rounds: int) -> str:
-    return hash_password_sync(f"dummy-{uuid.uuid4()}", rounds)
+    return hash_password_sync(uuid.uuid4().hex, rounds)
+
+
+def verify_password_sync(password: str, hashed: str | None, rounds: int) -> bool:
+    """Check a password against a bcrypt hash; a bad password is False, never an error.
+
+    With no hash (an unknown email), or a password bcrypt cannot take (over 72 bytes, a NUL
+    byte: registration refuses both), it checks a dummy hash of the configured cost and fails,
+    so every failed login costs about the same time and none reveals whether an email has an
+    account.
+    """
+    if hashed is not None:
+        try:
+            return bool(_verifier.verify(password, hashed))
+        except ValueError:  # passlib's size and value errors, unencodable text, a bad hash
+            pass
+    _verifier.verify("not the password", _dummy_hash(rounds))
+    return False
 
 
 async def hash_password(password: str, settings: Settings) -> str:
@@ -54,18 +71,11 @@ async def hash_password(password: str, settings: Settings) -> str:
 
 
 async def verify_password(password: str, hashed: str | None, settings: Settings) -> bool:
-    """Verify in the hashing pool; with no hash (unknown user) spend the same time and fail.
-
-    Checking an unknown email against a dummy hash of the configured cost makes "no such user"
-    and "wrong password" take about as long, so response times do not reveal which emails
-    have accounts.
-    """
+    """Verify in the hashing pool, as one job whether or not the user exists."""
     loop = asyncio.get_running_loop()
-    if hashed is None:
-        dummy = await loop.run_in_executor(_hash_pool, _dummy_hash, settings.bcrypt_rounds)
-        await loop.run_in_executor(_hash_pool, verify_password_sync, password, dummy)
-        return False
-    return await loop.run_in_executor(_hash_pool, verify_password_sync, password, hashed)
+    return await loop.run_in_executor(
+        _hash_pool, verify_password_sync, password, hashed, settings.bcrypt_rounds
+    )
 
 
 async def warm_up(settings: Settings) -> None:

@@ -50,20 +50,35 @@ async def test_wrong_password_and_unknown_email_get_the_same_403(client):
         assert response.json() == {"detail": "Invalid Credentials"}
 
 
-async def test_unknown_email_is_still_checked_against_a_hash(client, monkeypatch):
-    checked = []
-    real_verify = security.verify_password_sync
+class SpyVerifier:
+    def __init__(self, real):
+        self.real, self.hashes = real, []
 
-    def spy(password, hashed):
-        checked.append(hashed)
-        return real_verify(password, hashed)
+    def verify(self, password, hashed):
+        result = self.real.verify(password, hashed)  # a refusal raises before any hashing
+        self.hashes.append(hashed)
+        return result
 
-    monkeypatch.setattr(security, "verify_password_sync", spy)
-    response = await client.post(
-        "/login", data={"username": "nobody@example.com", "password": DEFAULT_PASSWORD}
-    )
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [
+        ("nobody@example.com", DEFAULT_PASSWORD),
+        ("ann@example.com", "x" * 73),
+        ("ann@example.com", "nul\x00byte"),
+        ("nobody@example.com", "x" * 5000),
+    ],
+    ids=["unknown-email", "known-73-bytes", "known-nul", "unknown-5000-chars"],
+)
+async def test_every_failed_login_checks_one_hash_and_is_403(client, monkeypatch, email, password):
+    await register(client, "ann@example.com")
+    spy = SpyVerifier(security._verifier)
+    monkeypatch.setattr(security, "_verifier", spy)
+    response = await client.post("/login", data={"username": email, "password": password})
     assert response.status_code == 403
-    assert len(checked) == 1 and checked[0].startswith("$2b$04$")
+    assert response.json() == {"detail": "Invalid Credentials"}
+    # One bcrypt check of the configured cost, as for a wrong password: no timing tell.
+    assert len(spy.hashes) == 1 and spy.hashes[0].startswith("$2b$04$")
 
 
 @pytest.mark.parametrize(

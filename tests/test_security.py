@@ -23,8 +23,28 @@ def test_hash_is_salted_bcrypt_of_the_configured_cost():
 
 def test_verify_accepts_the_password_and_rejects_others():
     hashed = security.hash_password_sync("password123", rounds=4)
-    assert security.verify_password_sync("password123", hashed)
-    assert not security.verify_password_sync("password124", hashed)
+    assert security.verify_password_sync("password123", hashed, rounds=4)
+    assert not security.verify_password_sync("password124", hashed, rounds=4)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["x" * 73, "x" * 5000, "with\x00nul", "\ud800surrogate"],
+    ids=["73-bytes", "5000-chars", "nul", "surrogate"],
+)
+def test_verify_fails_quietly_for_passwords_bcrypt_cannot_take(password):
+    hashed = security.hash_password_sync("x" * 72, rounds=4)
+    assert security.verify_password_sync(password, hashed, rounds=4) is False
+
+
+def test_a_password_over_72_bytes_never_matches_its_first_72():
+    hashed = security.hash_password_sync("x" * 72, rounds=4)
+    assert security.verify_password_sync("x" * 72, hashed, rounds=4)
+    assert not security.verify_password_sync("x" * 72 + "y", hashed, rounds=4)
+
+
+def test_verify_fails_quietly_for_a_malformed_stored_hash():
+    assert security.verify_password_sync("password123", "not-a-hash", rounds=4) is False
 
 
 async def test_async_hashing_round_trip():

@@ -310,3 +310,11 @@ async def test_simultaneous_registrations_in_different_cases_give_one_201(
     [created] = [r.json() for r in responses if r.status_code == 201]
     assert created["email"] == "race@example.com"
     assert await count_users() == 1
+
+
+async def test_password_with_a_nul_character_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/users/", json={"email": "nul@example.com", "password": "abc\u0000defgh"}
+    )
+    assert response.status_code == 422
+    assert "NUL" in response.json()["detail"][0]["msg"]

@@ -7,9 +7,10 @@ from beanie import Document, Indexed, PydanticObjectId
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field
 
 from service.models.base import utc_now
+from service.security import BCRYPT_MAX_BYTES
 
 PASSWORD_MIN_CHARS = 8
-PASSWORD_MAX_BYTES = 72  # bcrypt reads no further; a longer password would be cut silently
+PASSWORD_MAX_BYTES = BCRYPT_MAX_BYTES
 
 
 def _strip(value: object) -> object:
@@ -21,6 +22,8 @@ def _check_password(password: str) -> str:
         raise ValueError(f"Password must be at least {PASSWORD_MIN_CHARS} characters long")
     if len(password.encode("utf-8")) > PASSWORD_MAX_BYTES:
         raise ValueError(f"Password must be at most {PASSWORD_MAX_BYTES} bytes long in UTF-8")
+    if "\x00" in password:
+        raise ValueError("Password must not contain NUL characters")  # bcrypt refuses them
     return password
 
 
