@@ -1,9 +1,11 @@
-"""Router and route classes that carry two HTTP rules of the contract for every route."""
+"""Router, route and request classes that carry rules of the contract for every route."""
 
+import json
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -27,28 +29,81 @@ def _needs_user(dependant: Dependant) -> bool:
     return any(sub.call is get_current_user or _needs_user(sub) for sub in dependant.dependencies)
 
 
-class AuthFirstRoute(APIRoute):
-    """Answer 401, not 422, when an unauthenticated request is also malformed.
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
+def _check_strings(value: Any) -> None:
+    if isinstance(value, str):
+        value.encode("utf-8")  # raises UnicodeEncodeError on an unpaired surrogate
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key)
+            _check_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item)
+
+
+class StrictJSONRequest(Request):
+    """A request whose JSON body must be JSON as RFC 8259 defines it.
+
+    Python's parser also takes NaN, Infinity, numbers beyond a float's range and unpaired
+    surrogate escapes; none of them can be stored in MongoDB or written back in a response,
+    so each is a 422 `json_invalid` here rather than a 500 further on.
+    """
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = (await self.body()).decode("utf-8", errors="replace")
+            try:
+                parsed = json.loads(body, parse_constant=_no_constants, parse_float=_finite)
+                _check_strings(parsed)
+            except json.JSONDecodeError:
+                raise
+            except (ValueError, RecursionError) as error:
+                message = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+                raise json.JSONDecodeError(message, body, 0) from None
+            self._json = parsed
+        return self._json
+
+
+class ContractRoute(APIRoute):
+    """Strict JSON bodies, and 401 (not 422) when an unauthenticated request is also malformed.
 
     FastAPI parses a JSON body before it runs any dependency, and collects path errors after
-    them, so without this a caller with no token could learn how the body or path is checked.
-    Only the failing path pays for the second look at the token.
+    them, so without the second rule a caller with no token could learn how the body or path
+    is checked. Only a failing request pays for the second look at the token.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        if not _needs_user(self.dependant):
-            return handler
+        needs_user = _needs_user(self.dependant)
 
-        async def authenticate_first(request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            request = StrictJSONRequest(request.scope, request.receive)
+            if not needs_user:
+                return await handler(request)
             try:
                 return await handler(request)
-            except RequestValidationError:
+            except (RequestValidationError, HTTPException) as error:
+                if isinstance(error, HTTPException) and error.status_code not in (
+                    status.HTTP_400_BAD_REQUEST,  # FastAPI's "error parsing the body"
+                    status.HTTP_413_CONTENT_TOO_LARGE,
+                ):
+                    raise
                 token = await oauth2_scheme(request)
                 await get_current_user(get_app_settings(request), token)  # raises the 401
                 raise
 
-        return authenticate_first
+        return handle
 
 
 class CollectionRouter(APIRouter):
@@ -60,7 +115,7 @@ class CollectionRouter(APIRouter):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(route_class=AuthFirstRoute, **kwargs)
+        super().__init__(route_class=ContractRoute, **kwargs)
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().add_api_route(path, endpoint, **kwargs)
