@@ -235,3 +235,29 @@ async def test_login_validation_error_does_not_echo_the_password(client):
     response = await client.post("/login", data={"password": "a-secret-password"})
     assert response.status_code == 422
     assert "a-secret-password" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("registered", "stored"),
+    [
+        ("jose\u0301@example.com", "jos\u00e9@example.com"),  # Unicode NFC
+        ("dan@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com", "dan@example.com"),  # full-width
+        ("  Mixed.Case@Example.COM ", "mixed.case@example.com"),
+    ],
+    ids=["nfc", "full-width-domain", "case-and-spaces"],
+)
+async def test_login_accepts_the_exact_string_used_to_register(client, registered, stored):
+    user = await register(client, registered)
+    assert user["email"] == stored
+    response = await client.post(
+        "/login", data={"username": registered, "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 200
+
+
+async def test_login_with_something_that_is_not_an_email_is_403(client):
+    response = await client.post(
+        "/login", data={"username": "not an email", "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 403
+    assert response.json() == {"detail": "Invalid Credentials"}

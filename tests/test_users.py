@@ -318,3 +318,11 @@ async def test_password_with_a_nul_character_is_422(client: httpx.AsyncClient) -
     )
     assert response.status_code == 422
     assert "NUL" in response.json()["detail"][0]["msg"]
+
+
+async def test_email_with_a_display_name_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/users/", json={"email": "Carol <carol@example.com>", "password": "password123"}
+    )
+    assert response.status_code == 422
+    assert "bare address" in response.json()["detail"][0]["msg"]

@@ -4,7 +4,16 @@ from datetime import datetime
 from typing import Annotated
 
 from beanie import Document, Indexed, PydanticObjectId
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 
 from service.models.base import utc_now
 from service.security import BCRYPT_MAX_BYTES
@@ -14,7 +23,13 @@ PASSWORD_MAX_BYTES = BCRYPT_MAX_BYTES
 
 
 def _strip(value: object) -> object:
-    return value.strip() if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    if "<" in value or ">" in value:
+        # EmailStr would take "Name <addr>" and keep only addr; an account's email is the
+        # bare address, so say so instead of guessing.
+        raise ValueError("value is not a valid email address: give the bare address")
+    return value.strip()
 
 
 def _check_password(password: str) -> str:
@@ -30,6 +45,16 @@ def _check_password(password: str) -> str:
 # Emails are one account whatever their case: trimmed before validation, lower-cased after.
 NormalizedEmail = Annotated[EmailStr, BeforeValidator(_strip), AfterValidator(str.lower)]
 Password = Annotated[str, AfterValidator(_check_password)]
+
+_email = TypeAdapter(NormalizedEmail)
+
+
+def normalize_email(value: str) -> str | None:
+    """The stored form of an email (as registration makes it), or None if it is not one."""
+    try:
+        return _email.validate_python(value)
+    except ValidationError:
+        return None
 
 
 class UserBase(BaseModel):

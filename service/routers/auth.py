@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from service.deps import SettingsDep
 from service.models import User
+from service.models.user import normalize_email
 from service.routing import CollectionRouter, error
 from service.security import create_access_token, verify_password
 
@@ -29,7 +30,8 @@ async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], settings: SettingsDep
 ) -> Token:
     """Exchange an email (in `username`) and password for a bearer token."""
-    user = await User.find_one(User.email == form.username.strip().lower())
+    email = normalize_email(form.username)
+    user = await User.find_one(User.email == email) if email else None
     # An unknown email is checked against a dummy hash: same answer, about the same time.
     valid = await verify_password(form.password, user.hashed_password if user else None, settings)
     if user is None or not valid:
