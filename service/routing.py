@@ -5,7 +5,7 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -93,12 +93,7 @@ class ContractRoute(APIRoute):
                 return await handler(request)
             try:
                 return await handler(request)
-            except (RequestValidationError, HTTPException) as error:
-                if isinstance(error, HTTPException) and error.status_code not in (
-                    status.HTTP_400_BAD_REQUEST,  # FastAPI's "error parsing the body"
-                    status.HTTP_413_CONTENT_TOO_LARGE,
-                ):
-                    raise
+            except RequestValidationError:
                 token = await oauth2_scheme(request)
                 await get_current_user(get_app_settings(request), token)  # raises the 401
                 raise
