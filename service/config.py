@@ -102,10 +102,15 @@ class Settings(BaseSettings):
         return self.model_copy(update={"secret_key": SecretStr(load_or_create_secret(self))})
 
 
+def private_dir(path: Path) -> Path:
+    """Create a directory only its owner can enter (it holds a key and password hashes)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
 def load_or_create_secret(settings: Settings) -> str:
     """Read the embedded store's signing key, creating it first if it does not exist yet."""
-    path = settings.data_dir / SECRET_KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = private_dir(settings.data_dir) / SECRET_KEY_FILE
     if not path.exists():
         # Write a private temporary file, then link it into place: link() fails if another
         # worker won the race, and every worker then reads the same winning key.

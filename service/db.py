@@ -7,6 +7,7 @@ over TCP exactly as it would reach `mongod`. There is no second code path.
 """
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -21,7 +22,7 @@ from beanie.odm.utils.typing import get_index_attributes
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from service.config import ConfigurationError, Settings
+from service.config import ConfigurationError, Settings, private_dir
 from service.models import DOCUMENTS
 
 logger = logging.getLogger(__name__)
@@ -59,36 +60,37 @@ class EmbeddedStore:
 
     def start(self, timeout: float = 30.0) -> str:
         """Start serving and return the URL to connect to."""
-        if self.path is not None:
-            self._lock()
+        self._lock()
         self._thread.start()
-        if not self._started.wait(timeout):
-            raise ConfigurationError(f"the embedded store did not start within {timeout} s")
-        if self._error is not None:
-            self._unlock()
-            raise ConfigurationError(f"the embedded store failed to start: {self._error}")
+        if not self._started.wait(timeout) or self._error is not None:
+            self.stop()
+            reason = self._error or f"it did not start within {timeout} s"
+            raise ConfigurationError(f"the embedded store failed to start: {reason}")
         assert self.url is not None
         return self.url
 
     def stop(self) -> None:
-        """Stop serving; the SQLite engine flushes and closes its file."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        """Stop serving (the SQLite engine flushes and closes its file) and release the lock."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in the meantime
+                loop.call_soon_threadsafe(stop.set)
         if self._thread.is_alive():
             self._thread.join(timeout=30)
         self._unlock()
 
     def _lock(self) -> None:
-        # SQLite alone would let two servers open one file and corrupt each other's caches and
-        # index catalogues; the lock makes a second process fail loudly instead.
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Two stores on one DATA_DIR would corrupt one SQLite file (caches, index catalogue)
+        # or, in memory, silently split the data between processes; the lock makes a second
+        # process fail loudly instead.
+        private_dir(self.data_dir)
         handle = (self.data_dir / EMBEDDED_LOCK_FILE).open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             raise ConfigurationError(
-                f"the embedded store in {self.data_dir.resolve()} is already open in another "
+                f"the embedded store of {self.data_dir.resolve()} is already open in another "
                 "process. Run several workers with `social-api serve --workers N` (they share "
                 "one store), give this process another DATA_DIR, or set MONGODB_URL."
             ) from None
@@ -106,9 +108,11 @@ class EmbeddedStore:
     def _run(self) -> None:
         try:
             asyncio.run(self._serve())
-        except BaseException as error:  # reported to start(), which raises it in the caller
+        except BaseException as error:
             self._error = error
-            self._started.set()
+            if self._started.is_set():  # it had been serving: requests now fail with 503
+                logger.critical("The embedded store stopped: %r", error, exc_info=error)
+            self._started.set()  # before start-up, start() raises it in the caller
 
     async def _serve(self) -> None:
         # Imported here: only the embedded mode needs the emulator loaded.

@@ -79,7 +79,7 @@ async def clean_database(app: FastAPI) -> None:
         await document.get_pymongo_collection().delete_many({})
 
 
-async def _check_response(response: httpx.Response) -> None:
+async def check_for_leaks(response: httpx.Response) -> None:
     await response.aread()
     if response.content:
         assert_no_secrets(response.json())
@@ -91,7 +91,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://testserver",
-        event_hooks={"response": [_check_response]},
+        event_hooks={"response": [check_for_leaks]},
     ) as http:
         yield http
 

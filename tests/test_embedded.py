@@ -1,6 +1,7 @@
 """The embedded development store, the signing key, and what refuses to start."""
 
 import logging
+import socket
 import stat
 import subprocess
 
@@ -114,17 +115,37 @@ async def test_memory_storage_keeps_nothing_on_disk(data_dir, restore_beanie, ca
     assert not (data_dir / EMBEDDED_DB_FILE).exists()
 
 
-def test_a_second_process_cannot_open_the_same_store(data_dir):
-    first = EmbeddedStore("sqlite", data_dir)
+@pytest.mark.parametrize("storage", ["sqlite", "memory"])
+def test_a_second_process_cannot_open_the_same_store(data_dir, storage):
+    first = EmbeddedStore(storage, data_dir)
     first.start()
     try:
         with pytest.raises(ConfigurationError, match="already open in another process"):
-            EmbeddedStore("sqlite", data_dir).start()
+            EmbeddedStore(storage, data_dir).start()
     finally:
         first.stop()
-    again = EmbeddedStore("sqlite", data_dir)  # the lock goes with the store
+    again = EmbeddedStore(storage, data_dir)  # the lock goes with the store
     again.start()
     again.stop()
+
+
+def test_a_store_that_cannot_start_says_why_and_releases_its_lock(data_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy_port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match="failed to start"):
+            EmbeddedStore("sqlite", data_dir, port=busy_port).start()
+    store = EmbeddedStore("sqlite", data_dir)
+    store.start()
+    store.stop()
+
+
+def test_data_dir_is_private(data_dir):
+    store = EmbeddedStore("sqlite", data_dir)
+    store.start()
+    store.stop()
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
 
 
 def test_workers_share_one_embedded_store(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import running_server
+from tests.conftest import check_for_leaks, running_server
 from tests.factories import DEFAULT_PASSWORD, LoggedInUser, unique_email
 
 
@@ -26,7 +26,12 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url,
+        limits=limits,
+        timeout=30,
+        event_hooks={"response": [check_for_leaks]},
+    ) as client:
         yield client
 
 
