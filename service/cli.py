@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from service import logs
 from service.config import ConfigurationError, get_settings
 from service.db import EmbeddedStore, embedded_banner
 
@@ -27,7 +28,15 @@ def serve(host: str, port: int, workers: int) -> None:
         os.environ["EMBEDDED_STORE_URL"] = store.start()
         logger.warning("\n%s", embedded_banner(store))
     try:
-        uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
+        uvicorn.run(
+            "service.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,  # the app configures logging (JSON lines or text) itself
+            access_log=False,  # one line per request comes from the app, with its request id
+        )
     finally:
         if store is not None:
             store.stop()
@@ -46,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes (default: WEB_CONCURRENCY or 1)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    logs.configure(settings.log_level, settings.log_format)
     try:
         serve(args.host, args.port, max(1, args.workers))
     except ConfigurationError as error:

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     bcrypt_rounds: Annotated[int, Field(ge=4, le=31)] = 12
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
 
     @field_validator("mongodb_url", "embedded_store_url", "secret_key", mode="before")
     @classmethod

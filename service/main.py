@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, ExecutionTimeout
 
-from service import db, security
+from service import db, logs, security
 from service.config import Settings, get_settings
 from service.routers import auth, posts, users, votes
 
@@ -76,16 +76,20 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette answers unhandled errors in text/plain; the contract wants JSON everywhere.
+    # This handler runs outside RequestLogMiddleware, so it adds the request id itself.
     logger.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    rid = logs.request_id.get()
     return JSONResponse(
-        {"detail": "Internal Server Error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
+        {"detail": "Internal Server Error"},
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        headers={logs.REQUEST_ID_HEADER: rid} if rid else None,
     )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; `settings` overrides the environment (tests pass their own)."""
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     app = FastAPI(
         title="Social API",
         summary="The FastAPI course's social network: users, posts and votes on MongoDB.",
@@ -93,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(logs.RequestLogMiddleware)
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ConnectionFailure, database_unavailable)
     app.add_exception_handler(ExecutionTimeout, database_unavailable)

@@ -1,0 +1,79 @@
+"""Request ids and the one log line each request leaves."""
+
+import json
+import logging
+
+import httpx
+import pytest
+
+from service import logs
+from service.main import create_app
+
+
+def access_records(caplog):
+    return [r for r in caplog.records if r.name == "service.access"]
+
+
+async def test_a_given_request_id_comes_back(client):
+    response = await client.get("/healthz", headers={"X-Request-ID": "trace-42.a:b_c"})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "trace-42.a:b_c"
+
+
+async def test_a_request_id_is_made_when_none_is_given(client):
+    first = await client.get("/healthz")
+    second = await client.get("/healthz")
+    assert len(first.headers["x-request-id"]) == 32
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("given", ["has space", "x" * 129, "<script>", "a\tb"])
+async def test_an_unsafe_request_id_is_replaced(client, given):
+    response = await client.get("/healthz", headers={"X-Request-ID": given})
+    assert response.headers["x-request-id"] != given
+    assert len(response.headers["x-request-id"]) == 32
+
+
+async def test_every_request_leaves_one_json_line_with_its_id(client, caplog):
+    caplog.set_level(logging.INFO, logger="service.access")
+    response = await client.get("/posts/", headers={"X-Request-ID": "req-1"})
+    assert response.status_code == 401
+    [record] = access_records(caplog)
+    line = json.loads(logs.JSONFormatter().format(record))
+    assert line["request_id"] == "req-1"
+    assert line["method"] == "GET"
+    assert line["path"] == "/posts/"
+    assert line["status"] == 401
+    assert line["latency_ms"] >= 0
+    assert line["level"] == "INFO" and line["logger"] == "service.access"
+    assert line["time"].endswith("+00:00")
+
+
+async def test_text_format_carries_the_same_fields(client, caplog):
+    caplog.set_level(logging.INFO, logger="service.access")
+    await client.get("/healthz", headers={"X-Request-ID": "req-2"})
+    [record] = access_records(caplog)
+    text = logs.TextFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert text.startswith("INFO service.access: GET /healthz 200 request_id=req-2")
+    assert "latency_ms=" in text
+
+
+async def test_an_unhandled_error_logs_its_request_id(settings, caplog):
+    app = create_app(settings)
+    caplog.set_level(logging.INFO, logger="service.access")
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/boom", headers={"X-Request-ID": "req-err"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-err"
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    formatted = json.loads(logs.JSONFormatter().format(error))
+    assert formatted["request_id"] == "req-err"
+    assert "RuntimeError: boom" in formatted["exception"]
+    [access] = access_records(caplog)
+    assert access.status == 500
