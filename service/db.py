@@ -14,13 +14,15 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from beanie import Document, init_beanie
+from beanie import Document, PydanticObjectId, init_beanie
 from beanie.odm.utils.typing import get_index_attributes
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 
 from service.config import ConfigurationError, Settings, private_dir
 from service.models import DOCUMENTS
@@ -176,12 +178,76 @@ async def connect(settings: Settings) -> AsyncIterator[Database]:
     )
     try:
         database = client[settings.mongodb_db]
+        await apply_validators(database)
         await init_beanie(database=database, document_models=list(DOCUMENTS))
         yield database
     finally:
         await client.close()
         if store is not None:
             await asyncio.to_thread(store.stop)
+
+
+_BSON_TYPES: dict[type, str | list[str]] = {
+    PydanticObjectId: "objectId",
+    str: "string",
+    bool: "bool",
+    int: ["int", "long"],
+    datetime: "date",
+}
+
+
+def validator_schema(document: type[Document]) -> dict[str, Any]:
+    """A `$jsonSchema` for the document's collection, derived from its model's fields.
+
+    Every stored field is required and typed as Pydantic declares it, with the same string
+    lengths, so a document written by hand (mongosh, Compass, an import) that the API could not
+    read is refused by MongoDB itself. Extra fields are allowed, as MongoDB's default is.
+    """
+    properties: dict[str, Any] = {"_id": {"bsonType": "objectId"}}
+    for name, field in document.model_fields.items():
+        if name in ("id", "revision_id"):  # _id above; Beanie stores no revision here
+            continue
+        if field.annotation not in _BSON_TYPES:
+            raise TypeError(f"{document.__name__}.{name}: no BSON type for {field.annotation}")
+        rule: dict[str, Any] = {"bsonType": _BSON_TYPES[field.annotation]}
+        for constraint in field.metadata:
+            if getattr(constraint, "min_length", None) is not None:
+                rule["minLength"] = constraint.min_length
+            if getattr(constraint, "max_length", None) is not None:
+                rule["maxLength"] = constraint.max_length
+        properties[field.alias or name] = rule
+    return {
+        "bsonType": "object",
+        "title": document.__name__,
+        "required": list(properties),
+        "properties": properties,
+    }
+
+
+async def apply_validators(database: Database) -> None:
+    """Create each collection with its validator, or bring an existing one's up to date."""
+    existing = await database.list_collection_names()
+    for document in DOCUMENTS:
+        # Runs before init_beanie (which would create the collections without a validator),
+        # so the name comes from the document's own Settings.
+        name: str = document.Settings.name
+        options: dict[str, Any] = {
+            "validator": {"$jsonSchema": validator_schema(document)},
+            "validationLevel": "strict",
+            "validationAction": "error",
+        }
+        if name not in existing:
+            await database.create_collection(name, **options)
+            continue
+        [info] = await (await database.list_collections(filter={"name": name})).to_list()
+        if {k: info["options"].get(k) for k in options} == options:
+            continue
+        try:
+            await database.command({"collMod": name, **options})
+        except OperationFailure as error:
+            # The embedded emulator cannot change a validator after the fact; a collection
+            # made before validators existed keeps working without one.
+            logger.warning("Could not set the validator of %s: %s", name, error)
 
 
 def declared_indexes(document: type[Document]) -> list[list[tuple[str, Any]]]:

@@ -1,0 +1,109 @@
+"""The $jsonSchema validators each collection gets from its Beanie model."""
+
+import logging
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from bson import ObjectId
+from pymongo.errors import WriteError
+
+from service.db import apply_validators, validator_schema
+from service.models import DOCUMENTS, Post, User
+
+NOW = datetime.now(UTC)
+GOOD = {
+    "users": {"email": "hand@example.com", "hashed_password": "$2b$04$x", "created_at": NOW},
+    "posts": {
+        "title": "t",
+        "content": "c",
+        "published": True,
+        "created_at": NOW,
+        "owner_id": ObjectId(),
+    },
+    "votes": {"post_id": ObjectId(), "user_id": ObjectId(), "created_at": NOW},
+}
+
+
+def test_post_schema_follows_the_model():
+    schema = validator_schema(Post)
+    assert schema["bsonType"] == "object"
+    assert set(schema["required"]) == {
+        "_id",
+        "title",
+        "content",
+        "published",
+        "created_at",
+        "owner_id",
+    }
+    assert schema["properties"]["title"] == {"bsonType": "string", "minLength": 1, "maxLength": 300}
+    assert schema["properties"]["content"]["maxLength"] == 20_000
+    assert schema["properties"]["owner_id"] == {"bsonType": "objectId"}
+    assert schema["properties"]["created_at"] == {"bsonType": "date"}
+    assert schema["properties"]["published"] == {"bsonType": "bool"}
+
+
+async def test_every_collection_carries_its_validator(app):
+    database = app.state.database
+    for document in DOCUMENTS:
+        name = document.Settings.name
+        [info] = await (await database.list_collections(filter={"name": name})).to_list()
+        assert info["options"]["validator"] == {"$jsonSchema": validator_schema(document)}
+        assert info["options"]["validationAction"] == "error"
+
+
+@pytest.mark.parametrize("collection", ["users", "posts", "votes"])
+async def test_a_valid_document_written_by_hand_is_accepted(app, collection):
+    result = await app.state.database[collection].insert_one(dict(GOOD[collection]))
+    assert result.inserted_id is not None
+
+
+@pytest.mark.parametrize(
+    ("collection", "change"),
+    [
+        ("users", {"hashed_password": None}),
+        ("users", {"email": 42}),
+        ("users", {"created_at": "yesterday"}),
+        ("posts", {"title": "x" * 301}),
+        ("posts", {"title": ""}),
+        ("posts", {"owner_id": "not-an-object-id"}),
+        ("posts", {"published": "yes"}),
+        ("votes", {"user_id": None}),
+        ("votes", {"post_id": str(ObjectId())}),
+    ],
+    ids=[
+        "user-without-hash",
+        "user-email-number",
+        "user-date-string",
+        "post-title-too-long",
+        "post-title-empty",
+        "post-owner-string",
+        "post-published-string",
+        "vote-without-user",
+        "vote-post-id-string",
+    ],
+)
+async def test_an_invalid_document_written_by_hand_is_refused(app, collection, change):
+    document = {**GOOD[collection], **change}
+    document = {key: value for key, value in document.items() if value is not None}
+    with pytest.raises(WriteError) as refused:
+        await app.state.database[collection].insert_one(document)
+    assert refused.value.code == 121  # DocumentValidationFailure
+    assert await app.state.database[collection].count_documents({}) == 0
+
+
+async def test_an_existing_collection_gets_its_validator_or_a_warning(app, caplog):
+    database = app.state.database.client[f"validators_{uuid.uuid4().hex[:8]}"]
+    await database.create_collection("users")  # made before validators existed
+    try:
+        with caplog.at_level(logging.WARNING, logger="service.db"):
+            await apply_validators(database)
+        [info] = await (await database.list_collections(filter={"name": "users"})).to_list()
+        has_validator = info["options"].get("validator") == {"$jsonSchema": validator_schema(User)}
+        # A real MongoDB sets it with collMod; the emulator cannot and says so.
+        assert has_validator or "Could not set the validator of users" in caplog.text
+        for name in ("posts", "votes"):
+            [fresh] = await (await database.list_collections(filter={"name": name})).to_list()
+            assert "validator" in fresh["options"]
+    finally:
+        await database.client.drop_database(database.name)
