@@ -22,7 +22,7 @@ from beanie import Document, PydanticObjectId, init_beanie
 from beanie.odm.utils.typing import get_index_attributes
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
+from pymongo.errors import ConnectionFailure, OperationFailure
 
 from service.config import ConfigurationError, Settings, private_dir
 from service.models import DOCUMENTS
@@ -30,6 +30,8 @@ from service.models import DOCUMENTS
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 5.0
 EMBEDDED_DB_FILE = "embedded.sqlite"
 EMBEDDED_LOCK_FILE = "embedded.lock"
 
@@ -163,7 +165,7 @@ def embedded_banner(store: EmbeddedStore) -> str:
 
 @asynccontextmanager
 async def connect(settings: Settings) -> AsyncIterator[Database]:
-    """Open the client, initialise Beanie (indexes are created here) and close on exit."""
+    """Open the client (and the embedded store if there is no URL); close both on exit."""
     store: EmbeddedStore | None = None
     url = settings.mongodb_url or settings.embedded_store_url
     if url is None:
@@ -177,14 +179,33 @@ async def connect(settings: Settings) -> AsyncIterator[Database]:
         appname="social-api",
     )
     try:
-        database = client[settings.mongodb_db]
-        await apply_validators(database)
-        await init_beanie(database=database, document_models=list(DOCUMENTS))
-        yield database
+        yield client[settings.mongodb_db]
     finally:
         await client.close()
         if store is not None:
             await asyncio.to_thread(store.stop)
+
+
+async def initialise(database: Database) -> None:
+    """Validators, then Beanie (which creates the indexes)."""
+    await apply_validators(database)
+    await init_beanie(database=database, document_models=list(DOCUMENTS))
+
+
+async def initialise_when_reachable(database: Database, done: asyncio.Event) -> None:
+    """Retry `initialise` with a growing pause until MongoDB answers, then set `done`."""
+    pause = RETRY_FIRST_S
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            await initialise(database)
+        except ConnectionFailure as error:
+            logger.warning("MongoDB still unreachable, retrying in %.1f s: %s", pause, error)
+            pause = min(pause * 2, RETRY_MAX_S)
+            continue
+        logger.warning("MongoDB answers: collections, validators and indexes are ready")
+        done.set()
+        return
 
 
 _BSON_TYPES: dict[type, str | list[str]] = {
@@ -264,9 +285,11 @@ def declared_indexes(document: type[Document]) -> list[list[tuple[str, Any]]]:
     return keys
 
 
-async def readiness_problems(database: Database) -> list[str]:
+async def readiness_problems(database: Database, initialised: bool) -> list[str]:
     """What keeps the service from being ready: no answer from MongoDB, or a missing index."""
     problems: list[str] = []
+    if not initialised:
+        problems.append("not initialised: MongoDB was unreachable at start; retrying")
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             await database.command("ping")

@@ -1,10 +1,13 @@
 """The application factory."""
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from beanie.exceptions import CollectionWasNotInitialized
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -29,8 +32,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.settings = settings
     async with db.connect(settings) as database:
         app.state.database = database
+        app.state.initialised = initialised = asyncio.Event()
+        retry: asyncio.Task[None] | None = None
+        try:
+            await db.initialise(database)
+            initialised.set()
+        except ConnectionFailure as error:
+            # Start anyway: /healthz answers, /readyz and data routes say 503 until MongoDB
+            # does, so an orchestrator can tell "starting" from "dead".
+            logger.error("MongoDB is unreachable; serving 503 until it answers: %s", error)
+            retry = asyncio.create_task(db.initialise_when_reachable(database, initialised))
         await security.warm_up(settings)
-        yield
+        try:
+            yield
+        finally:
+            if retry is not None:
+                retry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retry
 
 
 def _is_secret(key: object) -> bool:
@@ -101,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ConnectionFailure, database_unavailable)
     app.add_exception_handler(ExecutionTimeout, database_unavailable)
+    # Until the first connection succeeds, Beanie's documents are not bound to a collection.
+    app.add_exception_handler(CollectionWasNotInitialized, database_unavailable)
     app.add_exception_handler(Exception, internal_error)
 
     app.include_router(auth.router)
@@ -125,7 +146,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def readyz(request: Request) -> JSONResponse:
         """Readiness: MongoDB answers a ping and every declared index exists."""
-        problems = await db.readiness_problems(request.app.state.database)
+        state = request.app.state
+        problems = await db.readiness_problems(state.database, state.initialised.is_set())
         if problems:
             return JSONResponse(
                 {"detail": problems}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE

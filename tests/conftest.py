@@ -116,9 +116,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(directory: Path, *args: str, **env: str) -> Iterator[tuple[str, int]]:
-    """Run `social-api serve` on a free loopback port with the embedded store in `directory`;
-    yield its base URL and process id once /readyz answers 200."""
+def running_server(
+    directory: Path, *args: str, ready_path: str = "/readyz", **env: str
+) -> Iterator[tuple[str, int]]:
+    """Run `social-api serve` on a free loopback port with the embedded store in `directory`
+    (unless `env` names a MONGODB_URL); yield its base URL and process id once `ready_path`
+    answers 200."""
     port = free_port()
     environment = {
         key: value
@@ -139,7 +142,7 @@ def running_server(directory: Path, *args: str, **env: str) -> Iterator[tuple[st
                 output = process.stdout.read().decode() if process.stdout else ""
                 raise AssertionError(f"server exited with {process.returncode}:\n{output}")
             try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{base}{ready_path}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

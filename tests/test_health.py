@@ -1,5 +1,6 @@
 """Root, liveness, readiness, the OpenAPI document, and errors no router raises."""
 
+import asyncio
 import uuid
 
 import httpx
@@ -9,7 +10,7 @@ from asgi_lifespan import LifespanManager
 from service.db import EmbeddedStore
 from service.main import create_app
 from service.models import Post
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 from tests.factories import create_user
 
 
@@ -123,3 +124,31 @@ async def test_openapi_document_describes_the_contract(app):
         "scopes": {},
         "tokenUrl": "login",
     }
+
+
+async def test_starts_without_mongodb_and_becomes_ready_when_it_answers(tmp_path, restore_beanie):
+    port = free_port()  # nothing listens here yet
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    app = create_app(make_settings(url, f"late_{uuid.uuid4().hex[:8]}", mongodb_timeout_ms=300))
+    async with (
+        LifespanManager(app, startup_timeout=30),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        not_ready = await client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.headers["content-type"] == "application/json"
+        assert not_ready.json()["detail"][0].startswith("not initialised")
+        assert (await client.get("/healthz")).status_code == 200
+
+        store = EmbeddedStore("memory", tmp_path, port=port)
+        store.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 20
+            while (ready := await client.get("/readyz")).status_code != 200:
+                assert asyncio.get_running_loop().time() < deadline, ready.json()
+                await asyncio.sleep(0.2)
+            assert ready.json() == {"message": "ready"}
+            user = await create_user(client)  # the data routes work without a restart
+            assert (await client.get("/posts/", headers=user.headers)).status_code == 200
+        finally:
+            store.stop()

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
-from tests.conftest import check_for_leaks, running_server
+from tests.conftest import check_for_leaks, free_port, running_server
 from tests.factories import DEFAULT_PASSWORD, LoggedInUser, unique_email
 
 
@@ -136,3 +137,22 @@ async def test_simultaneous_registrations_over_sockets_give_one_account(http):
         for r in responses
         if r.status_code == 409
     )
+
+
+def test_a_server_whose_mongodb_is_down_answers_503_json(tmp_path):
+    secret = "s" * 48
+    url = f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"
+    env = {"MONGODB_URL": url, "SECRET_KEY": secret, "MONGODB_TIMEOUT_MS": "300"}
+    with running_server(tmp_path, ready_path="/healthz", **env) as (base, _):
+        token = jwt.encode(
+            {"sub": "6b05fd523f23202455a49a96", "iat": 0, "exp": 4102444800, "jti": "j"}, secret
+        )
+        with httpx.Client(base_url=base, timeout=10) as http:
+            ready = http.get("/readyz")
+            me = http.get("/users/me", headers={"Authorization": f"Bearer {token}"})
+            register = http.post("/users/", json={"email": "a@example.com", "password": "p" * 8})
+    assert ready.status_code == 503
+    assert ready.json()["detail"][0].startswith("not initialised")
+    for response in (me, register):
+        assert response.status_code == 503
+        assert response.json() == {"detail": "Database unavailable, try again shortly"}
