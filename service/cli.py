@@ -1,32 +1,103 @@
-"""The `social-api` command."""
+"""The `social-api` command: serve the API, and the admin tasks an operator runs by hand."""
 
-import argparse
-import logging
+import asyncio
 import os
-import sys
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
+import typer
 import uvicorn
+from beanie import Document, PydanticObjectId
+from bson import json_util
+from bson.json_util import JSONOptions
+from pydantic import ValidationError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
-from service import logs
-from service.config import ConfigurationError, get_settings
-from service.db import EmbeddedStore, embedded_banner
+from service import db, logs, security
+from service.config import ConfigurationError, Settings
+from service.models import DOCUMENTS, Post, User, UserCreate, Vote
+from service.models.base import utc_now
 
-logger = logging.getLogger("service.cli")
+app = typer.Typer(
+    help="The Social API: serve it, and manage its MongoDB data.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+BATCH = 1_000
+# What mongoexport writes by default (relaxed Extended JSON v2); read back with tz-aware dates.
+EXPORT_JSON = json_util.RELAXED_JSON_OPTIONS
+IMPORT_JSON = JSONOptions(tz_aware=True)
+WORDS = (
+    "mongo", "fastapi", "beanie", "python", "async", "index", "vote", "post", "draft", "query",
+    "shard", "replica", "cursor", "schema", "token", "bcrypt", "cluster", "atlas", "compass",
+    "aggregate", "lookup",
+)  # fmt: skip
 
 
-def serve(host: str, port: int, workers: int) -> None:
-    """Serve the API; with several workers on the embedded store, run the store once here."""
-    settings = get_settings()
-    # Refuse a missing or placeholder SECRET_KEY here, with a plain message, rather than
-    # in a worker's startup traceback; on the embedded store this creates the key file.
-    settings.with_secret_key()
-    store: EmbeddedStore | None = None
-    if settings.embedded and settings.embedded_store_url is None and workers > 1:
-        # Each worker is its own process; they must share one store, so the supervisor owns
-        # it and hands its URL to the workers through their environment.
-        store = EmbeddedStore(settings.embedded_storage, settings.data_dir, settings.embedded_port)
-        os.environ["EMBEDDED_STORE_URL"] = store.start()
-        logger.warning("\n%s", embedded_banner(store))
+def fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+def run(task: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run an async command, turning the failures an operator can fix into one clear line."""
+    try:
+        asyncio.run(task())
+    except ConfigurationError as error:
+        fail(str(error))
+    except ConnectionFailure as error:
+        fail(f"cannot reach MongoDB: {error}")
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[db.Database]:
+    """The service's database, initialised as the service does it (validators, indexes)."""
+    async with db.connect(settings) as connected:
+        await db.initialise(connected)
+        yield connected
+
+
+def collection_name(document: type[Document]) -> str:
+    name: str = document.Settings.name
+    return name
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT")] = 8000,
+    workers: Annotated[
+        int, typer.Option(envvar="WEB_CONCURRENCY", min=1, help="Worker processes.")
+    ] = 1,
+) -> None:
+    """Serve the HTTP API (what `make run` runs)."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        # Refuse a missing or placeholder SECRET_KEY here, with a plain message, rather than
+        # in a worker's startup traceback; on the embedded store this creates the key file.
+        settings.with_secret_key()
+        store: db.EmbeddedStore | None = None
+        if settings.embedded and settings.embedded_store_url is None and workers > 1:
+            # Each worker is its own process; they must share one store, so the supervisor
+            # owns it and hands its URL to the workers through their environment.
+            store = db.EmbeddedStore(
+                settings.embedded_storage, settings.data_dir, settings.embedded_port
+            )
+            os.environ["EMBEDDED_STORE_URL"] = store.start()
+            console.print(db.embedded_banner(store))
+    except ConfigurationError as error:
+        fail(str(error))
     try:
         uvicorn.run(
             "service.main:create_app",
@@ -42,28 +113,247 @@ def serve(host: str, port: int, workers: int) -> None:
             store.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="social-api", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="serve the HTTP API")
-    serve_cmd.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    serve_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    serve_cmd.add_argument(
-        "--workers",
-        type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
-        help="worker processes (default: WEB_CONCURRENCY or 1)",
-    )
-    args = parser.parse_args(argv)
-    settings = get_settings()
-    logs.configure(settings.log_level, settings.log_format)
+@app.command("create-user")
+def create_user(
+    email: str,
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="SOCIAL_API_PASSWORD",
+            help="Asked for if not given (or taken from SOCIAL_API_PASSWORD).",
+        ),
+    ],
+) -> None:
+    """Register a user, with the same rules as POST /users/."""
     try:
-        serve(args.host, args.port, max(1, args.workers))
-    except ConfigurationError as error:
-        print(f"social-api: {error}", file=sys.stderr)
-        return 2
-    return 0
+        user_in = UserCreate(email=email, password=password)
+    except ValidationError as error:
+        fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()))
+    settings = Settings()
+
+    async def create() -> None:
+        async with database(settings):
+            hashed = await security.hash_password(user_in.password, settings)
+            user = User(email=user_in.email, hashed_password=hashed)
+            try:
+                await user.insert()
+            except DuplicateKeyError:
+                fail(f"{user_in.email} is already registered")
+            typer.echo(f"created user {user.id} <{user.email}>")
+
+    run(create)
+
+
+@app.command()
+def seed(
+    users: Annotated[int, typer.Option(min=0, help="Demo users to create.")] = 100,
+    posts: Annotated[int, typer.Option(min=0, help="Posts, spread over those users.")] = 1_000,
+    votes: Annotated[
+        int, typer.Option(min=0, help="Votes, each a distinct user and post.")
+    ] = 5_000,
+    password: Annotated[str, typer.Option(help="Every demo user's password.")] = "demo-password",
+    random_seed: Annotated[int | None, typer.Option(help="Make the data reproducible.")] = None,
+) -> None:
+    """Fill the database with demo users, posts and votes."""
+    if posts and not users:
+        fail("posts need at least one user")
+    if votes > users * posts:
+        fail(f"at most {users * posts} distinct votes fit {users} users and {posts} posts")
+    try:
+        UserCreate(email="demo@example.com", password=password)
+    except ValidationError as error:
+        fail(str(error.errors()[0]["msg"]).removeprefix("Value error, "))
+    settings = Settings()
+    rng = random.Random(random_seed)
+
+    async def fill() -> None:
+        async with database(settings):
+            if await User.find(User.email == "demo1@example.com").count():
+                fail("this database already has demo users; seed an empty one (MONGODB_DB)")
+            started = time.perf_counter()
+            # One hash for all: hashing each demo user at full cost would take minutes.
+            hashed = await security.hash_password(password, settings)
+            now = utc_now()
+            with Progress(console=console) as progress:
+                user_ids = await insert(
+                    progress,
+                    "users",
+                    (
+                        User(
+                            email=f"demo{n}@example.com",
+                            hashed_password=hashed,
+                        )
+                        for n in range(1, users + 1)
+                    ),
+                    users,
+                )
+                post_ids = await insert(
+                    progress,
+                    "posts",
+                    (
+                        Post(
+                            title=" ".join(rng.choices(WORDS, k=rng.randint(2, 6))).capitalize(),
+                            content=" ".join(rng.choices(WORDS, k=rng.randint(10, 60))),
+                            published=rng.random() < 0.9,
+                            owner_id=rng.choice(user_ids),
+                            created_at=now - timedelta(seconds=rng.randint(0, 30 * 86_400)),
+                        )
+                        for _ in range(posts)
+                    ),
+                    posts,
+                )
+                pairs = rng.sample(range(users * posts), votes)
+                await insert(
+                    progress,
+                    "votes",
+                    (
+                        Vote(post_id=post_ids[i // users], user_id=user_ids[i % users])
+                        for i in pairs
+                    ),
+                    votes,
+                )
+            seconds = time.perf_counter() - started
+            typer.echo(
+                f"seeded {users} users, {posts} posts and {votes} votes in {seconds:.1f} s "
+                f"(every demo user's password: {password})"
+            )
+
+    run(fill)
+
+
+async def insert[D: Document](
+    progress: Progress, label: str, documents: Iterable[D], total: int
+) -> list[PydanticObjectId]:
+    """Insert in batches, advancing a progress bar; return the ids in order."""
+    task = progress.add_task(label, total=total)
+    ids: list[PydanticObjectId] = []
+    batch: list[D] = []
+    for document in documents:
+        batch.append(document)
+        if len(batch) == BATCH:
+            ids += await _insert_batch(batch)
+            progress.advance(task, len(batch))
+            batch = []
+    if batch:
+        ids += await _insert_batch(batch)
+        progress.advance(task, len(batch))
+    return ids
+
+
+async def _insert_batch[D: Document](batch: list[D]) -> list[PydanticObjectId]:
+    result = await type(batch[0]).insert_many(batch)
+    return [PydanticObjectId(inserted) for inserted in result.inserted_ids]
+
+
+@app.command("export")
+def export_data(
+    directory: Annotated[Path, typer.Argument(help="Where to write <collection>.json files.")],
+) -> None:
+    """Write every collection as mongoexport does: one Extended JSON document per line."""
+    settings = Settings()
+
+    async def write() -> None:
+        async with database(settings) as connected:
+            directory.mkdir(parents=True, exist_ok=True)
+            for document in DOCUMENTS:
+                name = collection_name(document)
+                path = directory / f"{name}.json"
+                count = 0
+                with path.open("w", encoding="utf-8") as out:
+                    async for raw in connected[name].find().sort("_id", 1):
+                        out.write(json_util.dumps(raw, json_options=EXPORT_JSON) + "\n")
+                        count += 1
+                typer.echo(f"{name}: {count} documents -> {path}")
+
+    run(write)
+
+
+@app.command("import")
+def import_data(
+    directory: Annotated[Path, typer.Argument(help="Where the <collection>.json files are.")],
+    drop: Annotated[
+        bool, typer.Option(help="Empty each collection first (indexes and validators stay).")
+    ] = False,
+) -> None:
+    """Load files written by `export` or mongoexport (Extended JSON, one document per line)."""
+    files = {collection_name(d): directory / f"{collection_name(d)}.json" for d in DOCUMENTS}
+    if not any(path.exists() for path in files.values()):
+        fail(f"no {', '.join(p.name for p in files.values())} in {directory}")
+    loaded: dict[str, list[dict[str, object]]] = {}
+    for name, path in files.items():
+        if not path.exists():
+            continue
+        try:
+            loaded[name] = [
+                json_util.loads(line, json_options=IMPORT_JSON)
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ]
+        except ValueError as error:
+            fail(f"{path} is not Extended JSON, one document per line: {error}")
+    settings = Settings()
+
+    async def load() -> None:
+        async with database(settings) as connected:
+            for name in loaded:
+                if not drop and await connected[name].count_documents({}, limit=1):
+                    fail(f"{name} is not empty: import into an empty database, or pass --drop")
+            for name, documents in loaded.items():
+                if drop:
+                    await connected[name].delete_many({})
+                for start in range(0, len(documents), BATCH):
+                    try:
+                        await connected[name].insert_many(documents[start : start + BATCH])
+                    except BulkWriteError as error:
+                        first = error.details["writeErrors"][0]
+                        fail(
+                            f"{name}: document {start + first['index'] + 1} was refused "
+                            f"({first['errmsg']}); {error.details['nInserted']} of this batch "
+                            "were inserted"
+                        )
+                typer.echo(f"{name}: {len(documents)} documents imported")
+
+    run(load)
+
+
+@app.command()
+def indexes() -> None:
+    """Compare the indexes the documents declare with those MongoDB has."""
+    settings = Settings()
+
+    async def compare() -> None:
+        missing = 0
+        table = Table("collection", "keys", "state")
+        async with db.connect(settings) as connected:
+            for document in DOCUMENTS:
+                name = collection_name(document)
+                info = await connected[name].index_information()
+                present = {str(dict(index["key"])) for index in info.values()}
+                declared = {str(dict(keys)) for keys in db.declared_indexes(document)}
+                declared.add(str({"_id": 1}))
+                for keys in sorted(declared | present):
+                    state = (
+                        "ok"
+                        if keys in declared & present
+                        else "MISSING"
+                        if keys in declared
+                        else "extra (not declared)"
+                    )
+                    missing += state == "MISSING"
+                    table.add_row(name, keys, state)
+        Console().print(table)
+        if missing:
+            fail(f"{missing} declared index(es) missing; start the service to create them")
+
+    run(compare)
+
+
+def main() -> None:
+    app()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

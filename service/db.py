@@ -278,10 +278,10 @@ def declared_indexes(document: type[Document]) -> list[list[tuple[str, Any]]]:
         attributes = get_index_attributes(field)
         if attributes is not None:
             keys.append([(field.alias or name, attributes[0])])
-    for index in document.get_settings().indexes or []:
-        model = index.index if hasattr(index, "index") else index
-        if isinstance(model, IndexModel):
-            keys.append(list(model.document["key"].items()))
+    # The class's own Settings, so this works before init_beanie too (the `indexes` command).
+    for index in getattr(document.Settings, "indexes", []):
+        if isinstance(index, IndexModel):
+            keys.append(list(index.document["key"].items()))
     return keys
 
 

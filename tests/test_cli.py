@@ -1,0 +1,149 @@
+"""The `social-api` admin commands, run in-process against the suite's MongoDB."""
+
+import uuid
+
+import pytest
+from bson import ObjectId
+from pymongo import MongoClient
+from typer.testing import CliRunner
+
+from service.cli import app as cli
+from service.security import verify_password_sync
+from tests.conftest import TEST_SECRET_KEY
+
+runner = CliRunner()
+COLLECTIONS = ("users", "posts", "votes")
+
+
+@pytest.fixture
+def use_db(monkeypatch, tmp_path, mongodb_url, restore_beanie):
+    """Point the commands at a database of the suite's server; returns a function that does."""
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+    monkeypatch.setenv("MONGODB_URL", mongodb_url)
+    monkeypatch.setenv("SECRET_KEY", TEST_SECRET_KEY)
+    monkeypatch.setenv("BCRYPT_ROUNDS", "4")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    created = []
+
+    def point_at(name: str | None = None) -> str:
+        """The named database, or a new one that is dropped afterwards."""
+        if name is None:
+            name = f"cli_{uuid.uuid4().hex[:10]}"
+            created.append(name)
+        monkeypatch.setenv("MONGODB_DB", name)
+        return name
+
+    yield point_at
+    with MongoClient(mongodb_url) as client:
+        for name in created:
+            client.drop_database(name)
+
+
+def raw(mongodb_url, name):
+    with MongoClient(mongodb_url, tz_aware=True) as client:
+        return {c: list(client[name][c].find().sort("_id", 1)) for c in COLLECTIONS}
+
+
+def test_create_user_registers_with_the_api_rules(use_db, mongodb_url, settings):
+    use_db(settings.mongodb_db)
+    result = runner.invoke(cli, ["create-user", "  Ops@Example.com "], input="s3cret-pass\n" * 2)
+    assert result.exit_code == 0, result.output
+    assert "<ops@example.com>" in result.output
+    [user] = raw(mongodb_url, settings.mongodb_db)["users"]
+    assert user["email"] == "ops@example.com"
+    assert user["hashed_password"].startswith("$2b$04$")
+    assert verify_password_sync("s3cret-pass", user["hashed_password"], rounds=4)  # can log in
+
+
+def test_create_user_refuses_a_taken_email_and_a_bad_password(use_db):
+    use_db()
+    first = runner.invoke(cli, ["create-user", "a@example.com", "--password", "password1"])
+    again = runner.invoke(cli, ["create-user", "A@example.com", "--password", "password1"])
+    short = runner.invoke(cli, ["create-user", "b@example.com", "--password", "short"])
+    assert first.exit_code == 0, first.output
+    assert again.exit_code == 1
+    assert "a@example.com is already registered" in again.output
+    assert short.exit_code == 1
+    assert "at least 8 characters" in short.output
+
+
+def test_seed_makes_what_it_is_asked_for(use_db, mongodb_url):
+    name = use_db()
+    args = ["seed", "--users", "5", "--posts", "20", "--votes", "30", "--random-seed", "7"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "seeded 5 users, 20 posts and 30 votes" in result.output
+    data = raw(mongodb_url, name)
+    assert [len(data[c]) for c in COLLECTIONS] == [5, 20, 30]
+    pairs = {(v["post_id"], v["user_id"]) for v in data["votes"]}
+    assert len(pairs) == 30  # distinct user and post each
+    users = {u["_id"] for u in data["users"]}
+    assert {p["owner_id"] for p in data["posts"]} <= users
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 1
+    assert "already has demo users" in again.output
+
+
+def test_seed_refuses_more_votes_than_pairs(use_db):
+    use_db()
+    result = runner.invoke(cli, ["seed", "--users", "2", "--posts", "3", "--votes", "7"])
+    assert result.exit_code == 1
+    assert "at most 6 distinct votes" in result.output
+
+
+def test_export_then_import_round_trips_every_document(use_db, mongodb_url, tmp_path):
+    source = use_db()
+    seeded = runner.invoke(cli, ["seed", "--users", "4", "--posts", "15", "--votes", "25"])
+    assert seeded.exit_code == 0, seeded.output
+    exported = runner.invoke(cli, ["export", str(tmp_path / "dump")])
+    assert exported.exit_code == 0, exported.output
+    lines = (tmp_path / "dump" / "posts.json").read_text().splitlines()
+    assert len(lines) == 15 and '"_id": {"$oid": "' in lines[0] and '{"$date": "' in lines[0]
+
+    target = use_db()
+    imported = runner.invoke(cli, ["import", str(tmp_path / "dump")])
+    assert imported.exit_code == 0, imported.output
+    before, after = raw(mongodb_url, source), raw(mongodb_url, target)
+    assert after == before  # ids, dates, booleans and strings, exactly
+    assert all(isinstance(p["published"], bool) for p in after["posts"])
+
+    refused = runner.invoke(cli, ["import", str(tmp_path / "dump")])
+    assert refused.exit_code == 1
+    assert "is not empty" in refused.output
+    replaced = runner.invoke(cli, ["import", str(tmp_path / "dump"), "--drop"])
+    assert replaced.exit_code == 0, replaced.output
+    assert raw(mongodb_url, target) == before
+
+
+def test_import_reports_a_document_the_validator_refuses(use_db, tmp_path):
+    use_db()
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    good = f'{{"_id": {{"$oid": "{ObjectId()}"}}, "email": "ok@example.com", '
+    good += '"hashed_password": "$2b$04$x", "created_at": {"$date": "2026-01-01T00:00:00Z"}}'
+    bad = f'{{"_id": {{"$oid": "{ObjectId()}"}}, "email": "no-hash@example.com"}}'
+    (dump / "users.json").write_text(good + "\n" + bad + "\n")
+    result = runner.invoke(cli, ["import", str(dump)])
+    assert result.exit_code == 1
+    assert "users: document 2 was refused" in result.output
+
+
+def test_import_of_a_folder_without_exports_fails(use_db, tmp_path):
+    use_db()
+    result = runner.invoke(cli, ["import", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "no users.json" in result.output
+
+
+def test_indexes_compares_declared_and_present(use_db, mongodb_url):
+    name = use_db()
+    runner.invoke(cli, ["seed", "--users", "1", "--posts", "1", "--votes", "1"])
+    ok = runner.invoke(cli, ["indexes"])
+    assert ok.exit_code == 0, ok.output
+    assert "MISSING" not in ok.output
+    with MongoClient(mongodb_url) as client:
+        client[name]["votes"].drop_index("post_id_1_user_id_1")
+    missing = runner.invoke(cli, ["indexes"])
+    assert missing.exit_code == 1
+    assert "MISSING" in missing.output
+    assert "1 declared index(es) missing" in missing.output
