@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint format clean
+.PHONY: run test browser test-browser check-docker lint format clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' || \
@@ -31,6 +31,19 @@ run: $(VENV)/.stamp-run
 
 test: $(VENV)/.stamp-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Debian's chromium for the browser test, installed if missing (apt-get, as root).
+browser:
+	.ci/install-browser
+
+# The API docs in headless Chromium; REQUIRE_BROWSER turns a missing browser into a failure.
+test-browser: $(VENV)/.stamp-test browser
+	REQUIRE_BROWSER=1 $(BIN)/python -m pytest tests/test_browser.py $(PYTEST_ARGS)
+
+# Dockerfile and compose file, checked statically: real Compose v2 binary, compose-spec schema,
+# hadolint, and the rules the deployment relies on (see the script).
+check-docker: $(VENV)/.stamp-dev
+	VENV=$(VENV) .ci/check-docker
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .

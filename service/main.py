@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, ExecutionTimeout
 
-from service import db, logs, security
+from service import db, docs, logs, security
 from service.config import Settings, get_settings
 from service.routers import auth, posts, users, votes
 
@@ -114,6 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="The FastAPI course's social network: users, posts and votes on MongoDB.",
         version="1.0.0",
         lifespan=lifespan,
+        # service.docs serves both from local assets; FastAPI's own load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_middleware(logs.RequestLogMiddleware)
@@ -128,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router)
     app.include_router(posts.router)
     app.include_router(votes.router)
+    docs.mount(app)
 
     @app.get("/", tags=["Health"])
     async def root() -> Status:
