@@ -155,7 +155,7 @@ def embedded_banner(store: EmbeddedStore) -> str:
             "EMBEDDED DEVELOPMENT STORE: MONGODB_URL is not set, so this process runs a",
             "MongoDB emulator (mongoeco) for development, not a production database.",
             f"  data:        {where}",
-            f"  wire URL:    {store.url}  (mongosh and Compass can connect here)",
+            f"  wire URL:    {store.url}  (PyMongo and `social-api` commands)",
             "  switch with: EMBEDDED_STORAGE=memory | sqlite",
             "  production:  set MONGODB_URL=mongodb://user:pass@host:27017/ and SECRET_KEY",
             "=" * 78,
