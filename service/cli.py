@@ -33,7 +33,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-BATCH = 1_000
+# Small batches: each is one command, and the embedded emulator spends time per insert that
+# grows with the collection, so a big batch can outlast its operation deadline.
+BATCH = 100
 # What mongoexport writes by default (relaxed Extended JSON v2); read back with tz-aware dates.
 EXPORT_JSON = json_util.RELAXED_JSON_OPTIONS
 IMPORT_JSON = JSONOptions(tz_aware=True)
