@@ -115,8 +115,9 @@ class EmbeddedStore:
         except BaseException as error:
             self._error = error
             if self._stop is not None and self._stop.is_set():
-                # Asked to stop, and its engine reported an error while closing (the data was
-                # already committed): worth a line, not an alarm.
+                # Asked to stop, and the engine failed while closing (seen: SQLite "database is
+                # locked" from its heartbeat after a long seed, every write already committed):
+                # worth a line, not an alarm.
                 logger.warning("The embedded store closed with an error: %r", error)
             elif self._started.is_set():  # it had been serving: requests now fail with 503
                 logger.critical("The embedded store stopped: %r", error, exc_info=error)
