@@ -22,7 +22,7 @@ from beanie import Document, PydanticObjectId, init_beanie
 from beanie.odm.utils.typing import get_index_attributes
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, OperationFailure
+from pymongo.errors import CollectionInvalid, ConnectionFailure, OperationFailure
 
 from service.config import ConfigurationError, Settings, private_dir
 from service.models import DOCUMENTS
@@ -263,8 +263,14 @@ async def apply_validators(database: Database) -> None:
             "validationAction": "error",
         }
         if name not in existing:
-            await database.create_collection(name, **options)
-            continue
+            try:
+                await database.create_collection(name, **options)
+                continue
+            except (CollectionInvalid, OperationFailure):
+                # Several processes start at once (workers, replicas): if another one created
+                # it in the meantime, its validator is checked below like any existing one.
+                if name not in await database.list_collection_names():
+                    raise
         [info] = await (await database.list_collections(filter={"name": name})).to_list()
         if {k: info["options"].get(k) for k in options} == options:
             continue

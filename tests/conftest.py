@@ -130,17 +130,20 @@ def running_server(
     }
     environment.update({"DATA_DIR": str(directory / "data"), "BCRYPT_ROUNDS": "4", **env})
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), *args]
-    # Its working directory is `directory`, so no .env file of the checkout is read.
-    process = subprocess.Popen(
-        command, cwd=directory, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    # Its working directory is `directory`, so no .env file of the checkout is read. Its output
+    # goes to a file (a pipe nobody reads would fill up and block it) and ends up in the report
+    # of a test that fails.
+    log_path = directory / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=directory, env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
-                raise AssertionError(f"server exited with {process.returncode}:\n{output}")
+                raise AssertionError(f"server exited with {process.returncode}")
             try:
                 if httpx.get(f"{base}{ready_path}", timeout=2).status_code == 200:
                     break
@@ -150,6 +153,9 @@ def running_server(
                 raise AssertionError("server did not become ready within 60 s")
             time.sleep(0.2)
         yield base, process.pid
+    except BaseException:
+        print(f"--- {log_path}:\n{log_path.read_text(errors='replace')[-20_000:]}")
+        raise
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -1,14 +1,16 @@
 """The $jsonSchema validators each collection gets from its Beanie model."""
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 from bson import ObjectId
+from pymongo import AsyncMongoClient
 from pymongo.errors import WriteError
 
-from service.db import apply_validators, validator_schema
+from service.db import apply_validators, initialise, validator_schema
 from service.models import DOCUMENTS, Post, User
 
 NOW = datetime.now(UTC)
@@ -107,3 +109,24 @@ async def test_an_existing_collection_gets_its_validator_or_a_warning(app, caplo
             assert "validator" in fresh["options"]
     finally:
         await database.client.drop_database(database.name)
+
+
+async def test_processes_starting_together_all_initialise(app, mongodb_url, restore_beanie):
+    """Workers or replicas start at once: each creates the collections, or finds them made."""
+    name = f"together_{uuid.uuid4().hex[:8]}"
+    clients = [AsyncMongoClient(mongodb_url, tz_aware=True) for _ in range(4)]
+    try:
+        results = await asyncio.gather(
+            *(initialise(client[name]) for client in clients), return_exceptions=True
+        )
+        assert results == [None] * 4
+        for document in DOCUMENTS:
+            collection = clients[0][name][document.Settings.name]
+            [info] = await (
+                await clients[0][name].list_collections(filter={"name": collection.name})
+            ).to_list()
+            assert info["options"]["validator"] == {"$jsonSchema": validator_schema(document)}
+    finally:
+        await clients[0].drop_database(name)
+        for client in clients:
+            await client.close()
