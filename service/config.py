@@ -1,5 +1,6 @@
 """Settings, read from the environment (and an optional `.env` file)."""
 
+import json
 import logging
 import os
 import secrets
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,12 @@ class Settings(BaseSettings):
     access_token_expire_minutes: Annotated[int, Field(ge=1, le=60 * 24 * 30)] = 30
     bcrypt_rounds: Annotated[int, Field(ge=4, le=31)] = 12
 
+    # HTTP surface.
+    # Origins allowed to call the API from a browser; none by default. A comma-separated list
+    # (or a JSON list): CORS_ORIGINS=https://app.example.com,https://admin.example.com
+    cors_origins: Annotated[list[str], NoDecode] = []
+    docs_enabled: bool = True
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -69,6 +76,16 @@ class Settings(BaseSettings):
         # `MONGODB_URL=` in a compose file or .env means "not set", not "connect to ''".
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
 
     @property

@@ -11,12 +11,14 @@ from beanie.exceptions import CollectionWasNotInitialized
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, ExecutionTimeout
 
 from service import db, docs, logs, security
 from service.config import Settings, get_settings
+from service.headers import SecurityHeadersMiddleware
 from service.routers import auth, posts, users, votes
 
 logger = logging.getLogger(__name__)
@@ -117,8 +119,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # service.docs serves both from local assets; FastAPI's own load them from a CDN.
         docs_url=None,
         redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     app.state.settings = settings
+    if settings.cors_origins:
+        # Bearer tokens, not cookies: no credentials mode, so no origin can ride a session.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", logs.REQUEST_ID_HEADER],
+            expose_headers=["X-Total-Count", logs.REQUEST_ID_HEADER],
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(logs.RequestLogMiddleware)
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ConnectionFailure, database_unavailable)
@@ -131,7 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router)
     app.include_router(posts.router)
     app.include_router(votes.router)
-    docs.mount(app)
+    if settings.docs_enabled:
+        docs.mount(app)
 
     @app.get("/", tags=["Health"])
     async def root() -> Status:

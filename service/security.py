@@ -62,6 +62,14 @@ def verify_password_sync(password: str, hashed: str | None, rounds: int) -> bool
     return False
 
 
+def needs_rehash(hashed: str, rounds: int) -> bool:
+    """True for a bcrypt hash of a lower cost than `rounds` (made before BCRYPT_ROUNDS rose)."""
+    try:
+        return int(hashed.split("$")[2]) < rounds
+    except (IndexError, ValueError):
+        return False
+
+
 async def hash_password(password: str, settings: Settings) -> str:
     """Hash a password in the hashing pool."""
     loop = asyncio.get_running_loop()

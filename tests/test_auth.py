@@ -2,11 +2,14 @@
 
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import jwt
 import pytest
+from asgi_lifespan import LifespanManager
 from beanie import PydanticObjectId
 
 from service import security
+from service.main import create_app
 from service.models import User
 from tests.conftest import TEST_SECRET_KEY
 from tests.factories import DEFAULT_PASSWORD, create_user, register
@@ -261,3 +264,24 @@ async def test_login_with_something_that_is_not_an_email_is_403(client):
     )
     assert response.status_code == 403
     assert response.json() == {"detail": "Invalid Credentials"}
+
+
+async def _login_with(settings, email):
+    app = create_app(settings)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        response = await http.post("/login", data={"username": email, "password": DEFAULT_PASSWORD})
+        assert response.status_code == 200
+
+
+async def test_login_raises_a_weaker_hash_to_the_configured_cost(client, settings, restore_beanie):
+    await register(client, "old@example.com")  # hashed at the suite's cost, 4
+    stored = User.get_pymongo_collection()
+    await _login_with(settings.model_copy(update={"bcrypt_rounds": 5}), "old@example.com")
+    raised = (await stored.find_one({"email": "old@example.com"}))["hashed_password"]
+    assert raised.startswith("$2b$05$")
+    await _login_with(settings, "old@example.com")  # a stronger hash than configured stays
+    kept = (await stored.find_one({"email": "old@example.com"}))["hashed_password"]
+    assert kept == raised

@@ -113,3 +113,16 @@ def test_token_missing_a_claim_is_rejected(missing):
     token = jwt.encode(claims, TEST_SECRET_KEY, algorithm="HS256")
     with pytest.raises(jwt.MissingRequiredClaimError):
         security.decode_access_token(token, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("hashed", "rounds", "expected"),
+    [
+        ("$2b$04$abc", 5, True),
+        ("$2b$12$abc", 12, False),
+        ("$2b$13$abc", 12, False),
+        ("x", 12, False),
+    ],
+)
+def test_needs_rehash_only_for_a_lower_cost(hashed, rounds, expected):
+    assert security.needs_rehash(hashed, rounds) is expected

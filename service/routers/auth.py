@@ -10,7 +10,7 @@ from service.deps import SettingsDep
 from service.models import User
 from service.models.user import normalize_email
 from service.routing import CollectionRouter, error
-from service.security import create_access_token, verify_password
+from service.security import create_access_token, hash_password, needs_rehash, verify_password
 
 router = CollectionRouter(tags=["Authentication"])
 
@@ -36,4 +36,8 @@ async def login(
     valid = await verify_password(form.password, user.hashed_password if user else None, settings)
     if user is None or not valid:
         raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID_CREDENTIALS)
+    if needs_rehash(user.hashed_password, settings.bcrypt_rounds):
+        # The only moment the password is at hand: raise an old hash to the configured cost.
+        rehashed = await hash_password(form.password, settings)
+        await user.set({User.hashed_password: rehashed})
     return Token(access_token=create_access_token(str(user.id), settings))
