@@ -1,6 +1,7 @@
 """The `social-api` command: serve the API, and the admin tasks an operator runs by hand."""
 
 import asyncio
+import logging
 import os
 import random
 import time
@@ -14,6 +15,7 @@ import typer
 import uvicorn
 from beanie import Document, PydanticObjectId
 from bson import json_util
+from bson.errors import BSONError
 from bson.json_util import JSONOptions
 from pydantic import ValidationError
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
@@ -32,6 +34,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+logger = logging.getLogger("service.cli")
 
 # Small batches: each is one command, and the embedded emulator spends time per insert that
 # grows with the collection, so a big batch can outlast its operation deadline.
@@ -47,8 +50,19 @@ WORDS = (
 
 
 def fail(message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}")
+    # Plain echo, not rich: one unwrapped line, and no markup read into the message.
+    typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, or one line on what is wrong with them."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        fail(
+            "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
+        )
 
 
 def run(task: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -59,6 +73,8 @@ def run(task: Callable[[], Coroutine[Any, Any, None]]) -> None:
         fail(str(error))
     except ConnectionFailure as error:
         fail(f"cannot reach MongoDB: {error}")
+    except OSError as error:
+        fail(str(error))
 
 
 @asynccontextmanager
@@ -83,22 +99,23 @@ def serve(
     ] = 1,
 ) -> None:
     """Serve the HTTP API (what `make run` runs)."""
-    settings = Settings()
+    settings = load_settings()
     logs.configure(settings.log_level, settings.log_format)
     try:
         # Refuse a missing or placeholder SECRET_KEY here, with a plain message, rather than
         # in a worker's startup traceback; on the embedded store this creates the key file.
         settings.with_secret_key()
         store: db.EmbeddedStore | None = None
-        if settings.embedded and settings.embedded_store_url is None and workers > 1:
-            # Each worker is its own process; they must share one store, so the supervisor
-            # owns it and hands its URL to the workers through their environment.
+        if settings.embedded and settings.embedded_store_url is None:
+            # This process owns the store and hands its URL to the app through the
+            # environment: with several workers they all share it, and a store that cannot
+            # open (another process has it) is one line here, not a startup traceback.
             store = db.EmbeddedStore(
                 settings.embedded_storage, settings.data_dir, settings.embedded_port
             )
             os.environ["EMBEDDED_STORE_URL"] = store.start()
-            console.print(db.embedded_banner(store))
-    except ConfigurationError as error:
+            logger.warning("\n%s", db.embedded_banner(store))
+    except (ConfigurationError, OSError) as error:
         fail(str(error))
     try:
         uvicorn.run(
@@ -134,7 +151,7 @@ def create_user(
         user_in = UserCreate(email=email, password=password)
     except ValidationError as error:
         fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()))
-    settings = Settings()
+    settings = load_settings()
 
     async def create() -> None:
         async with database(settings):
@@ -168,7 +185,7 @@ def seed(
         UserCreate(email="demo@example.com", password=password)
     except ValidationError as error:
         fail(str(error.errors()[0]["msg"]).removeprefix("Value error, "))
-    settings = Settings()
+    settings = load_settings()
     rng = random.Random(random_seed)
 
     async def fill() -> None:
@@ -255,16 +272,19 @@ def export_data(
     directory: Annotated[Path, typer.Argument(help="Where to write <collection>.json files.")],
 ) -> None:
     """Write every collection as mongoexport does: one Extended JSON document per line."""
-    settings = Settings()
+    settings = load_settings()
 
     async def write() -> None:
         async with database(settings) as connected:
-            directory.mkdir(parents=True, exist_ok=True)
+            # The users file holds password hashes: only the owner may read what is written.
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             for document in DOCUMENTS:
                 name = collection_name(document)
                 path = directory / f"{name}.json"
                 count = 0
-                with path.open("w", encoding="utf-8") as out:
+                handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                # A command line tool: no other task shares this loop, blocking writes are fine.
+                with open(handle, "w", encoding="utf-8") as out:  # noqa: ASYNC230
                     async for raw in connected[name].find().sort("_id", 1):
                         out.write(json_util.dumps(raw, json_options=EXPORT_JSON) + "\n")
                         count += 1
@@ -288,15 +308,22 @@ def import_data(
     for name, path in files.items():
         if not path.exists():
             continue
+        loaded[name] = []
         try:
-            loaded[name] = [
-                json_util.loads(line, json_options=IMPORT_JSON)
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()
-            ]
-        except ValueError as error:
-            fail(f"{path} is not Extended JSON, one document per line: {error}")
-    settings = Settings()
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            fail(f"cannot read {path}: {error}")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                document = json_util.loads(line, json_options=IMPORT_JSON)
+            except (ValueError, BSONError) as error:
+                fail(f"{path}:{number}: not Extended JSON: {error}")
+            if not isinstance(document, dict):
+                fail(f"{path}:{number}: not a document (one JSON object per line)")
+            loaded[name].append(document)
+    settings = load_settings()
 
     async def load() -> None:
         async with database(settings) as connected:
@@ -324,7 +351,7 @@ def import_data(
 @app.command()
 def indexes() -> None:
     """Compare the indexes the documents declare with those MongoDB has."""
-    settings = Settings()
+    settings = load_settings()
 
     async def compare() -> None:
         missing = 0

@@ -123,6 +123,7 @@ class Settings(BaseSettings):
 def private_dir(path: Path) -> Path:
     """Create a directory only its owner can enter (it holds a key and password hashes)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # mkdir leaves an existing directory as it was
     return path
 
 

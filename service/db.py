@@ -208,6 +208,12 @@ async def initialise_when_reachable(database: Database, done: asyncio.Event) -> 
             logger.warning("MongoDB still unreachable, retrying in %.1f s: %s", pause, error)
             pause = min(pause * 2, RETRY_MAX_S)
             continue
+        except Exception as error:
+            # Reachable but refusing (bad credentials, missing rights): an operator must act;
+            # say so loudly and keep trying, as readiness keeps reporting 503.
+            logger.error("MongoDB refused the initialisation, retrying in %.1f s: %r", pause, error)
+            pause = min(pause * 2, RETRY_MAX_S)
+            continue
         logger.warning("MongoDB answers: collections, validators and indexes are ready")
         done.set()
         return
@@ -277,9 +283,12 @@ async def apply_validators(database: Database) -> None:
         try:
             await database.command({"collMod": name, **options})
         except OperationFailure as error:
-            # The embedded emulator cannot change a validator after the fact; a collection
-            # made before validators existed keeps working without one.
-            logger.warning("Could not set the validator of %s: %s", name, error)
+            # The embedded emulator has no collMod, and a user with only readWrite may not run
+            # it (changing a validator needs dbAdmin): the collection keeps its old validator,
+            # or none, until someone with the right runs the service once.
+            logger.warning(
+                "Could not set the validator of %s (code %s): %s", name, error.code, error
+            )
 
 
 def declared_indexes(document: type[Document]) -> list[list[tuple[str, Any]]]:

@@ -14,6 +14,12 @@ SECURITY_HEADERS = {
 CREDENTIAL_PATHS = frozenset({"/login"})
 
 
+def headers_for(path: str, has_authorization: bool) -> dict[str, str]:
+    """The headers a response to this request must carry."""
+    private = path.rstrip("/") in CREDENTIAL_PATHS or has_authorization
+    return {**SECURITY_HEADERS, **({"Cache-Control": "no-store"} if private else {})}
+
+
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -22,17 +28,18 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        private = scope["path"].rstrip("/") in CREDENTIAL_PATHS or any(
-            name == b"authorization" for name, _ in scope["headers"]
+        wanted = headers_for(
+            scope["path"], any(name == b"authorization" for name, _ in scope["headers"])
         )
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-                if private:
-                    headers["Cache-Control"] = "no-store"
+                for name, value in wanted.items():
+                    if name == "Cache-Control":
+                        headers[name] = value
+                    else:
+                        headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -55,15 +55,25 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escaped(value: object) -> str:
+    # A path can hold a decoded %0A: escaped, it cannot start a forged line of its own.
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        line = f"{record.levelname} {record.name}: {_escaped(record.getMessage())}"
         fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
         rid = getattr(record, "request_id", None)
         if rid:
             fields = {"request_id": rid, **fields}
         if fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line += " " + " ".join(f"{k}={_escaped(v)}" for k, v in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
         return line
 
 
@@ -71,9 +81,7 @@ def configure(level: str, fmt: Literal["json", "text"]) -> None:
     """Send every logger, uvicorn's included, through one handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        JSONFormatter() if fmt == "json" else TextFormatter("%(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     handler.set_name("service")
     root = logging.getLogger()
     # Replace only our own handler, so that calling this again (each app, each worker) keeps

@@ -18,7 +18,7 @@ from pymongo.errors import ConnectionFailure, ExecutionTimeout
 
 from service import db, docs, logs, security
 from service.config import Settings, get_settings
-from service.headers import SecurityHeadersMiddleware
+from service.headers import SecurityHeadersMiddleware, headers_for
 from service.routers import auth, posts, users, votes
 
 logger = logging.getLogger(__name__)
@@ -97,13 +97,16 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette answers unhandled errors in text/plain; the contract wants JSON everywhere.
-    # This handler runs outside RequestLogMiddleware, so it adds the request id itself.
+    # This handler runs in Starlette's outermost middleware, outside the app's own, so it adds
+    # the request id and the security headers itself.
     logger.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    rid = logs.request_id.get()
+    headers = headers_for(request.url.path, "authorization" in request.headers)
+    if rid := logs.request_id.get():
+        headers[logs.REQUEST_ID_HEADER] = rid
     return JSONResponse(
         {"detail": "Internal Server Error"},
         status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
-        headers={logs.REQUEST_ID_HEADER: rid} if rid else None,
+        headers=headers,
     )
 
 

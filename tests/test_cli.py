@@ -1,5 +1,9 @@
 """The `social-api` admin commands, run in-process against the suite's MongoDB."""
 
+import os
+import stat
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -8,8 +12,9 @@ from pymongo import MongoClient
 from typer.testing import CliRunner
 
 from service.cli import app as cli
+from service.db import EmbeddedStore
 from service.security import verify_password_sync
-from tests.conftest import TEST_SECRET_KEY
+from tests.conftest import TEST_SECRET_KEY, free_port
 
 runner = CliRunner()
 COLLECTIONS = ("users", "posts", "votes")
@@ -147,3 +152,69 @@ def test_indexes_compares_declared_and_present(use_db, mongodb_url):
     assert missing.exit_code == 1
     assert "MISSING" in missing.output
     assert "1 declared index(es) missing" in missing.output
+
+
+def test_a_bad_setting_is_one_line(use_db, monkeypatch):
+    use_db()
+    monkeypatch.setenv("LOG_LEVEL", "loud")
+    result = runner.invoke(cli, ["indexes"])
+    assert result.exit_code == 1
+    assert "LOG_LEVEL" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("[1, 2]", "users.json:2: not a document"),
+        ('{"_id": {"$oid": "zz"}}', "users.json:2: not Extended JSON"),
+        ("{not json", "users.json:2: not Extended JSON"),
+    ],
+    ids=["array", "bad-object-id", "broken-json"],
+)
+def test_import_names_the_line_it_cannot_read(use_db, tmp_path, line, message):
+    use_db()
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    (dump / "users.json").write_text('{"email": "first@example.com"}\n' + line + "\n")
+    result = runner.invoke(cli, ["import", str(dump)])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_export_into_a_file_is_one_line(use_db, tmp_path):
+    use_db()
+    target = tmp_path / "taken"
+    target.write_text("")
+    result = runner.invoke(cli, ["export", str(target)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+
+
+def test_exported_files_are_private(use_db, tmp_path):
+    use_db()
+    assert runner.invoke(cli, ["export", str(tmp_path / "dump")]).exit_code == 0
+    assert stat.S_IMODE((tmp_path / "dump").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "dump" / "users.json").stat().st_mode) == 0o600
+
+
+def test_serve_on_a_store_another_process_holds_is_one_line(tmp_path, monkeypatch):
+    store = EmbeddedStore("memory", tmp_path / "data")
+    store.start()
+    try:
+        environment = {k: v for k, v in os.environ.items() if k not in {"MONGODB_URL"}}
+        environment.update({"DATA_DIR": str(tmp_path / "data"), "EMBEDDED_STORAGE": "memory"})
+        finished = subprocess.run(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port())],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        store.stop()
+    assert finished.returncode == 1
+    assert "already open in another process" in finished.stderr
+    assert "Traceback" not in finished.stderr + finished.stdout

@@ -142,6 +142,8 @@ def test_a_store_that_cannot_start_says_why_and_releases_its_lock(data_dir):
 
 
 def test_data_dir_is_private(data_dir):
+    data_dir.mkdir(mode=0o755)  # made before, by hand or an older version
+    data_dir.chmod(0o755)
     store = EmbeddedStore("sqlite", data_dir)
     store.start()
     store.stop()

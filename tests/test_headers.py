@@ -100,3 +100,19 @@ async def test_docs_can_be_switched_off(settings, restore_beanie):
         off, [("GET", path, {}) for path in ("/docs", "/redoc", "/openapi.json", "/healthz")]
     )
     assert [r.status_code for r in responses] == [404, 404, 404, 200]
+
+
+async def test_a_500_carries_the_security_headers_too(settings):
+    app = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.get("/boom", headers={"Authorization": "Bearer x"})
+    assert response.status_code == 500
+    assert {name: response.headers.get(name) for name in SECURITY} == SECURITY
+    assert response.headers["cache-control"] == "no-store"
+    assert len(response.headers["x-request-id"]) == 32

@@ -53,7 +53,7 @@ async def test_text_format_carries_the_same_fields(client, caplog):
     caplog.set_level(logging.INFO, logger="service.access")
     await client.get("/healthz", headers={"X-Request-ID": "req-2"})
     [record] = access_records(caplog)
-    text = logs.TextFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    text = logs.TextFormatter().format(record)
     assert text.startswith("INFO service.access: GET /healthz 200 request_id=req-2")
     assert "latency_ms=" in text
 
@@ -77,3 +77,18 @@ async def test_an_unhandled_error_logs_its_request_id(settings, caplog):
     assert "RuntimeError: boom" in formatted["exception"]
     [access] = access_records(caplog)
     assert access.status == 500
+
+
+def test_text_lines_cannot_be_forged_through_a_path():
+    record = logging.makeLogRecord(
+        {
+            "name": "service.access",
+            "levelname": "INFO",
+            "msg": "GET %s 404",
+            "args": ("/posts/\nINFO service.access: GET /fake 200",),
+            "path": "/x\r\ny",
+        }
+    )
+    text = logs.TextFormatter().format(record)
+    assert "\n" not in text and "\r" not in text
+    assert "/posts/\\nINFO" in text and "path=/x\\r\\ny" in text
