@@ -23,6 +23,9 @@ from service.routers import auth, posts, users, votes
 
 logger = logging.getLogger(__name__)
 
+# Response headers a browser client on an allowed origin may read.
+EXPOSED_HEADERS = ["X-Total-Count", logs.REQUEST_ID_HEADER]
+
 
 class Status(BaseModel):
     message: str
@@ -103,6 +106,16 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     headers = headers_for(request.url.path, "authorization" in request.headers)
     if rid := logs.request_id.get():
         headers[logs.REQUEST_ID_HEADER] = rid
+    origin = request.headers.get("origin")
+    if origin and origin in request.app.state.settings.cors_origins:
+        # As CORSMiddleware would: else an allowed browser client could not read this answer.
+        headers.update(
+            {
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Expose-Headers": ", ".join(EXPOSED_HEADERS),
+                "Vary": "Origin",
+            }
+        )
     return JSONResponse(
         {"detail": "Internal Server Error"},
         status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
@@ -132,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", logs.REQUEST_ID_HEADER],
-            expose_headers=["X-Total-Count", logs.REQUEST_ID_HEADER],
+            expose_headers=EXPOSED_HEADERS,
         )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(logs.RequestLogMiddleware)

@@ -103,7 +103,7 @@ async def test_docs_can_be_switched_off(settings, restore_beanie):
 
 
 async def test_a_500_carries_the_security_headers_too(settings):
-    app = create_app(settings)
+    app = create_app(settings.model_copy(update={"cors_origins": ["https://app.example"]}))
 
     @app.get("/boom")
     async def boom() -> None:
@@ -111,8 +111,13 @@ async def test_a_500_carries_the_security_headers_too(settings):
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        response = await http.get("/boom", headers={"Authorization": "Bearer x"})
-    assert response.status_code == 500
+        response = await http.get(
+            "/boom", headers={"Authorization": "Bearer x", "Origin": "https://app.example"}
+        )
+        other = await http.get("/boom", headers={"Origin": "https://evil.example"})
+    assert response.status_code == other.status_code == 500
+    assert response.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in other.headers
     assert {name: response.headers.get(name) for name in SECURITY} == SECURITY
     assert response.headers["cache-control"] == "no-store"
     assert len(response.headers["x-request-id"]) == 32
