@@ -15,10 +15,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, ExecutionTimeout
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import db, docs, logs, security
 from service.config import Settings, get_settings
-from service.headers import SecurityHeadersMiddleware, headers_for
+from service.headers import SecurityHeadersMiddleware
 from service.routers import auth, posts, users, votes
 
 logger = logging.getLogger(__name__)
@@ -98,29 +99,39 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
     )
 
 
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette answers unhandled errors in text/plain; the contract wants JSON everywhere.
-    # This handler runs in Starlette's outermost middleware, outside the app's own, so it adds
-    # the request id and the security headers itself.
-    logger.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    headers = headers_for(request.url.path, "authorization" in request.headers)
-    if rid := logs.request_id.get():
-        headers[logs.REQUEST_ID_HEADER] = rid
-    origin = request.headers.get("origin")
-    if origin and origin in request.app.state.settings.cors_origins:
-        # As CORSMiddleware would: else an allowed browser client could not read this answer.
-        headers.update(
-            {
-                "Access-Control-Allow-Origin": origin,
-                "Access-Control-Expose-Headers": ", ".join(EXPOSED_HEADERS),
-                "Vary": "Origin",
-            }
-        )
-    return JSONResponse(
-        {"detail": "Internal Server Error"},
-        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
-        headers=headers,
-    )
+class UnhandledErrorMiddleware:
+    """Answer an unhandled error with a JSON 500, inside the app's own middlewares.
+
+    Starlette would answer it in text/plain from its outermost layer, past the middlewares
+    that add the request id, the security headers and CORS; here the 500 passes through them
+    like any other response, and the error is logged once, with its request id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            logger.exception("Unhandled error on %s %s", scope["method"], scope["path"])
+            if started:  # too late to answer: the client sees the connection end
+                raise
+            response = JSONResponse(
+                {"detail": "Internal Server Error"},
+                status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+            )
+            await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -138,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     app.state.settings = settings
+    app.add_middleware(UnhandledErrorMiddleware)  # added first: the innermost of them
     if settings.cors_origins:
         # Bearer tokens, not cookies: no credentials mode, so no origin can ride a session.
         app.add_middleware(
@@ -154,7 +166,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ExecutionTimeout, database_unavailable)
     # Until the first connection succeeds, Beanie's documents are not bound to a collection.
     app.add_exception_handler(CollectionWasNotInitialized, database_unavailable)
-    app.add_exception_handler(Exception, internal_error)
 
     app.include_router(auth.router)
     app.include_router(users.router)
