@@ -25,7 +25,7 @@ from rich.table import Table
 
 from service import db, logs, security
 from service.config import ConfigurationError, Settings
-from service.models import DOCUMENTS, Post, User, UserCreate, Vote
+from service.models import DATA_DOCUMENTS, DOCUMENTS, Post, User, UserCreate, Vote
 from service.models.base import utc_now
 
 app = typer.Typer(
@@ -126,6 +126,9 @@ def serve(
             workers=workers,
             log_config=None,  # the app configures logging (JSON lines or text) itself
             access_log=False,  # one line per request comes from the app, with its request id
+            # The app reads X-Forwarded-For itself, from TRUSTED_PROXIES only; uvicorn's own
+            # handling would trust 127.0.0.1 by default.
+            proxy_headers=False,
         )
     finally:
         if store is not None:
@@ -278,7 +281,7 @@ def export_data(
         async with database(settings) as connected:
             # The users file holds password hashes: only the owner may read what is written.
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for document in DOCUMENTS:
+            for document in DATA_DOCUMENTS:
                 name = collection_name(document)
                 path = directory / f"{name}.json"
                 count = 0
@@ -301,7 +304,7 @@ def import_data(
     ] = False,
 ) -> None:
     """Load files written by `export` or mongoexport (Extended JSON, one document per line)."""
-    files = {collection_name(d): directory / f"{collection_name(d)}.json" for d in DOCUMENTS}
+    files = {collection_name(d): directory / f"{collection_name(d)}.json" for d in DATA_DOCUMENTS}
     if not any(path.exists() for path in files.values()):
         fail(f"no {', '.join(p.name for p in files.values())} in {directory}")
     loaded: dict[str, list[dict[str, object]]] = {}
@@ -322,7 +325,8 @@ def import_data(
                 fail(f"{path}:{number}: not Extended JSON: {error}")
             if not isinstance(document, dict):
                 fail(f"{path}:{number}: not a document (one JSON object per line)")
-            loaded[name].append(document)
+            # Exports made before a field was added lack it; it gets the value a migration gives.
+            loaded[name].append({**db.ADDED_FIELDS.get(name, {}), **document})
     settings = load_settings()
 
     async def load() -> None:

@@ -1,5 +1,6 @@
 """Settings, read from the environment (and an optional `.env` file)."""
 
+import ipaddress
 import json
 import logging
 import os
@@ -60,6 +61,16 @@ class Settings(BaseSettings):
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     access_token_expire_minutes: Annotated[int, Field(ge=1, le=60 * 24 * 30)] = 30
     bcrypt_rounds: Annotated[int, Field(ge=4, le=31)] = 12
+    refresh_token_expire_days: Annotated[int, Field(ge=1, le=365)] = 14
+
+    # Login throttling: failed password checks within the window, per email and per client
+    # address, after which further attempts answer 429 until the window has passed.
+    login_max_failures_per_email: Annotated[int, Field(ge=1, le=1_000_000)] = 5
+    login_max_failures_per_address: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    login_failure_window_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 900
+    # Reverse proxies whose X-Forwarded-For names the client: IPs or networks, comma-separated
+    # (or a JSON list). None by default: the client is the peer that connected.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
 
     # HTTP surface.
     # Origins allowed to call the API from a browser; none by default. A comma-separated list
@@ -78,14 +89,26 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
                 return json.loads(text)
-            return [origin.strip() for origin in text.split(",") if origin.strip()]
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (such as 10.0.0.0/8)"
+                ) from None
         return value
 
     @property

@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Literal
+from types import UnionType
+from typing import IO, Any, Literal, Union, get_args, get_origin
 
 from beanie import Document, PydanticObjectId, init_beanie
 from beanie.odm.utils.typing import get_index_attributes
+from pydantic import BaseModel
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, ConnectionFailure, OperationFailure
@@ -191,8 +193,30 @@ async def connect(settings: Settings) -> AsyncIterator[Database]:
             await asyncio.to_thread(store.stop)
 
 
+# Fields added to a collection after its first release, with the value a document written
+# before then gets: by the migration at start-up, and by `social-api import` of older exports.
+ADDED_FIELDS: dict[str, dict[str, Any]] = {
+    "users": {"session_epoch": 0, "revoked_sessions": []},
+}
+
+
+async def migrate(database: Database) -> None:
+    """Give documents written before a field existed that field's value, so that the
+    validators, which require every field, accept their next update."""
+    for name, fields in ADDED_FIELDS.items():
+        for field, value in fields.items():
+            result = await database[name].update_many(
+                {field: {"$exists": False}}, {"$set": {field: value}}
+            )
+            if result.modified_count:
+                logger.warning(
+                    "Migrated %s: %d documents got %s", name, result.modified_count, field
+                )
+
+
 async def initialise(database: Database) -> None:
-    """Validators, then Beanie (which creates the indexes)."""
+    """Migrations, validators, then Beanie (which creates the indexes)."""
+    await migrate(database)
     await apply_validators(database)
     await init_beanie(database=database, document_models=list(DOCUMENTS))
 
@@ -235,25 +259,42 @@ def validator_schema(document: type[Document]) -> dict[str, Any]:
     lengths, so a document written by hand (mongosh, Compass, an import) that the API could not
     read is refused by MongoDB itself. Extra fields are allowed, as MongoDB's default is.
     """
-    properties: dict[str, Any] = {"_id": {"bsonType": "objectId"}}
-    for name, field in document.model_fields.items():
-        if name in ("id", "revision_id"):  # _id above; Beanie stores no revision here
+    schema = _object_schema(document, skip=("id", "revision_id"))  # Beanie stores no revision
+    schema["properties"] = {"_id": {"bsonType": "objectId"}, **schema["properties"]}
+    schema["required"] = ["_id", *schema["required"]]
+    return {"bsonType": "object", "title": document.__name__, **schema}
+
+
+def _object_schema(model: type[BaseModel], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if name in skip:
             continue
-        if field.annotation not in _BSON_TYPES:
-            raise TypeError(f"{document.__name__}.{name}: no BSON type for {field.annotation}")
-        rule: dict[str, Any] = {"bsonType": _BSON_TYPES[field.annotation]}
+        rule = _field_schema(f"{model.__name__}.{name}", field.annotation)
         for constraint in field.metadata:
             if getattr(constraint, "min_length", None) is not None:
                 rule["minLength"] = constraint.min_length
             if getattr(constraint, "max_length", None) is not None:
                 rule["maxLength"] = constraint.max_length
         properties[field.alias or name] = rule
-    return {
-        "bsonType": "object",
-        "title": document.__name__,
-        "required": list(properties),
-        "properties": properties,
-    }
+    return {"required": list(properties), "properties": properties}
+
+
+def _field_schema(where: str, annotation: Any) -> dict[str, Any]:
+    if annotation in _BSON_TYPES:
+        return {"bsonType": _BSON_TYPES[annotation]}
+    arguments = get_args(annotation)
+    if get_origin(annotation) in (UnionType, Union) and type(None) in arguments:
+        [inner] = [argument for argument in arguments if argument is not type(None)]
+        rule = _field_schema(where, inner)
+        kinds = rule["bsonType"]
+        rule["bsonType"] = [*(kinds if isinstance(kinds, list) else [kinds]), "null"]
+        return rule
+    if get_origin(annotation) is list:
+        return {"bsonType": "array", "items": _field_schema(where, arguments[0])}
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {"bsonType": "object", **_object_schema(annotation)}
+    raise TypeError(f"{where}: no BSON type for {annotation}")
 
 
 async def apply_validators(database: Database) -> None:

@@ -1,5 +1,7 @@
 """Dependencies shared by the routers: settings, the current user, posts looked up by id."""
 
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 
 import jwt
@@ -10,7 +12,8 @@ from fastapi.security import OAuth2PasswordBearer
 
 from service.config import Settings
 from service.models import Post, PostOut, User, id_of
-from service.security import decode_access_token
+from service.security import TokenClaims, decode_access_token
+from service.throttle import Attempt, TooManyAttempts, begin_attempt
 
 # auto_error=False: a missing header gets this project's own 401, raised below.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="login", auto_error=False)
@@ -19,6 +22,7 @@ BEARER = {"WWW-Authenticate": "Bearer"}
 NOT_AUTHENTICATED = "Not authenticated"
 INVALID_CREDENTIALS = "Could not validate credentials"
 NOT_AUTHORIZED = "Not authorized to perform requested action"
+TOO_MANY_ATTEMPTS = "Too many failed login attempts"
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -31,8 +35,16 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 TokenDep = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-async def get_current_user(settings: SettingsDep, token: TokenDep) -> User:
-    """The user the bearer token names; every failure is the same 401."""
+@dataclass(frozen=True, slots=True)
+class Session:
+    """The caller: their user document and the claims of the access token they presented."""
+
+    user: User
+    claims: TokenClaims
+
+
+async def get_current_session(settings: SettingsDep, token: TokenDep) -> Session:
+    """The user and session the bearer token names; every failure is the same 401."""
     if token is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_AUTHENTICATED, headers=BEARER)
     credentials_error = HTTPException(
@@ -44,11 +56,21 @@ async def get_current_user(settings: SettingsDep, token: TokenDep) -> User:
         raise credentials_error from None
     if not ObjectId.is_valid(claims.sub):
         raise credentials_error
-    # Looked up on every request, so a deleted user's tokens stop working at once.
+    # Looked up on every request, so a deleted user's tokens stop working at once; the same
+    # document carries the session state (see service/accounts.py), so checking that the
+    # session was not ended costs nothing more.
     user = await User.get(PydanticObjectId(claims.sub))
-    if user is None:
+    if user is None or not user.session_is_live(claims.sid, claims.ver, datetime.now(UTC)):
         raise credentials_error
-    return user
+    return Session(user=user, claims=claims)
+
+
+CurrentSession = Annotated[Session, Depends(get_current_session)]
+
+
+async def get_current_user(session: CurrentSession) -> User:
+    """The user the bearer token names."""
+    return session.user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
@@ -74,3 +96,20 @@ async def get_owned_post(post_id: PydanticObjectId, user: CurrentUser) -> Post:
 
 VisiblePostDep = Annotated[PostOut, Depends(get_visible_post)]
 OwnedPostDep = Annotated[Post, Depends(get_owned_post)]
+
+
+def client_host(request: Request) -> str | None:
+    """The client's address: the peer, or the one a trusted proxy forwarded (see main.py)."""
+    return request.client.host if request.client else None
+
+
+async def begin_password_check(email: str, request: Request, settings: Settings) -> Attempt:
+    """Admit a password check past the login throttle, or answer 429 without checking it."""
+    try:
+        return await begin_attempt(email, client_host(request), settings)
+    except TooManyAttempts as refused:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            TOO_MANY_ATTEMPTS,
+            headers={"Retry-After": str(refused.retry_after)},
+        ) from None

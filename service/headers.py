@@ -11,7 +11,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 # Where a response carries a token or a user's own data, no cache (browser or proxy) keeps it.
-CREDENTIAL_PATHS = frozenset({"/login"})
+CREDENTIAL_PATHS = frozenset({"/login", "/auth/refresh"})
 
 
 def headers_for(path: str, has_authorization: bool) -> dict[str, str]:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, ExecutionTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import db, docs, logs, security
 from service.config import Settings, get_settings
@@ -161,6 +162,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(logs.RequestLogMiddleware)
+    if settings.trusted_proxies:
+        # Outermost, so that everything inside (the login throttle above all) sees the client
+        # that the trusted proxy names in X-Forwarded-For, and never a forged one: the header
+        # is read only from a peer in TRUSTED_PROXIES. Servers must not rewrite the client
+        # themselves (`social-api serve` and the image run uvicorn with proxy headers off).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ConnectionFailure, database_unavailable)
     app.add_exception_handler(ExecutionTimeout, database_unavailable)

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from service.deps import get_app_settings, get_current_user, oauth2_scheme
+from service.deps import get_app_settings, get_current_session, oauth2_scheme
 
 type Responses = dict[int | str, dict[str, Any]]
 
@@ -26,7 +26,9 @@ def error(description: str) -> dict[str, Any]:
 
 
 def _needs_user(dependant: Dependant) -> bool:
-    return any(sub.call is get_current_user or _needs_user(sub) for sub in dependant.dependencies)
+    return any(
+        sub.call is get_current_session or _needs_user(sub) for sub in dependant.dependencies
+    )
 
 
 def _no_constants(name: str) -> Any:
@@ -95,7 +97,7 @@ class ContractRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError:
                 token = await oauth2_scheme(request)
-                await get_current_user(get_app_settings(request), token)  # raises the 401
+                await get_current_session(get_app_settings(request), token)  # raises the 401
                 raise
 
         return handle

@@ -1,7 +1,9 @@
 """Password hashing and access tokens, as plain functions of their inputs and the settings."""
 
 import asyncio
+import hashlib
 import os
+import secrets
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +23,11 @@ _hash_pool = ThreadPoolExecutor(
     max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="bcrypt"
 )
 
-REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti")
+# `sid` names the session (the refresh-token family the token belongs to) and `ver` the
+# user's session epoch when it was signed: the two facts deps.get_current_user checks against
+# the user document to honour a logout on the very next request.
+REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti", "sid", "ver")
+REFRESH_TOKEN_BYTES = 32
 
 
 BCRYPT_MAX_BYTES = 72  # bcrypt reads no further, and bcrypt 5 refuses longer passwords
@@ -96,12 +102,21 @@ async def warm_up(settings: Settings) -> None:
 class TokenClaims:
     sub: str
     jti: str
+    sid: str
+    ver: int
     issued_at: datetime
     expires_at: datetime
 
 
-def create_access_token(user_id: str, settings: Settings, *, now: datetime | None = None) -> str:
-    """Sign an access token for one user."""
+def create_access_token(
+    user_id: str,
+    settings: Settings,
+    *,
+    session_id: str,
+    epoch: int,
+    now: datetime | None = None,
+) -> str:
+    """Sign an access token for one user's session."""
     issued = now or datetime.now(UTC)
     claims = {
         "sub": user_id,
@@ -109,6 +124,8 @@ def create_access_token(user_id: str, settings: Settings, *, now: datetime | Non
         "iat": issued,
         "exp": issued + timedelta(minutes=settings.access_token_expire_minutes),
         "jti": uuid.uuid4().hex,
+        "sid": session_id,
+        "ver": epoch,
     }
     return jwt.encode(claims, _secret(settings), algorithm=settings.algorithm)
 
@@ -125,15 +142,42 @@ def decode_access_token(token: str, settings: Settings) -> TokenClaims:
         algorithms=[settings.algorithm],
         options={"require": list(REQUIRED_CLAIMS)},
     )
-    sub, jti = payload["sub"], payload["jti"]
-    if not isinstance(sub, str) or not isinstance(jti, str):
-        raise jwt.InvalidTokenError("sub and jti must be strings")
+    sub, jti, sid, ver = payload["sub"], payload["jti"], payload["sid"], payload["ver"]
+    if not all(isinstance(claim, str) for claim in (sub, jti, sid)):
+        raise jwt.InvalidTokenError("sub, jti and sid must be strings")
+    if type(ver) is not int:
+        raise jwt.InvalidTokenError("ver must be an integer")
     return TokenClaims(
         sub=sub,
         jti=jti,
+        sid=sid,
+        ver=ver,
         issued_at=datetime.fromtimestamp(payload["iat"], UTC),
         expires_at=datetime.fromtimestamp(payload["exp"], UTC),
     )
+
+
+def access_token_lifetime(settings: Settings) -> timedelta:
+    return timedelta(minutes=settings.access_token_expire_minutes)
+
+
+def new_session_id() -> str:
+    """A random id for a session: one login, and every token refreshed from it."""
+    return uuid.uuid4().hex
+
+
+def new_refresh_token() -> str:
+    """An opaque refresh token: 256 random bits, URL-safe. Only its digest is ever stored."""
+    return secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+
+
+def digest_refresh_token(token: str) -> str:
+    """The SHA-256 of a refresh token, as stored and looked up.
+
+    A plain digest, not a salted slow hash: the token is 256 random bits, so nothing can be
+    guessed from the digest, and the lookup must be by equality on an index.
+    """
+    return hashlib.sha256(token.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def _secret(settings: Settings) -> str:

@@ -24,12 +24,16 @@ async def test_login_returns_a_bearer_token_for_the_user(client):
     )
     assert response.status_code == 200
     body = response.json()
-    assert body.keys() == {"access_token", "token_type"}
+    assert body.keys() == {"access_token", "token_type", "refresh_token", "expires_in"}
     assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 30 * 60
     claims = jwt.decode(body["access_token"], TEST_SECRET_KEY, algorithms=["HS256"])
     assert claims["sub"] == claims["user_id"] == user["id"]
     assert claims["exp"] - claims["iat"] == 30 * 60
     assert claims["jti"]
+    assert claims["sid"] and claims["ver"] == 0
+    # The refresh token is opaque: not a JWT, and not the access token.
+    assert body["refresh_token"].count(".") == 0 and len(body["refresh_token"]) >= 43
 
 
 async def test_login_email_is_trimmed_and_case_insensitive(client):

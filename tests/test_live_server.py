@@ -145,7 +145,15 @@ def test_a_server_whose_mongodb_is_down_answers_503_json(tmp_path):
     env = {"MONGODB_URL": url, "SECRET_KEY": secret, "MONGODB_TIMEOUT_MS": "300"}
     with running_server(tmp_path, ready_path="/healthz", **env) as (base, _):
         token = jwt.encode(
-            {"sub": "6b05fd523f23202455a49a96", "iat": 0, "exp": 4102444800, "jti": "j"}, secret
+            {
+                "sub": "6b05fd523f23202455a49a96",
+                "iat": 0,
+                "exp": 4102444800,
+                "jti": "j",
+                "sid": "s",
+                "ver": 0,
+            },
+            secret,
         )
         with httpx.Client(base_url=base, timeout=10) as http:
             ready = http.get("/readyz")

@@ -59,25 +59,32 @@ async def test_unknown_user_never_verifies():
 
 def test_token_carries_the_course_claims():
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    token = security.create_access_token("6b05fd523f23202455a49a96", SETTINGS, now=now)
+    token = security.create_access_token(
+        "6b05fd523f23202455a49a96", SETTINGS, session_id="s1", epoch=3, now=now
+    )
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
     claims = jwt.decode(token, TEST_SECRET_KEY, algorithms=["HS256"], options={"verify_exp": False})
     assert header["alg"] == "HS256"
     assert claims["sub"] == claims["user_id"] == "6b05fd523f23202455a49a96"
     assert claims["exp"] - claims["iat"] == 30 * 60
     assert len(claims["jti"]) == 32
+    assert claims["sid"] == "s1" and claims["ver"] == 3
 
 
 def test_each_token_has_its_own_id():
-    one = security.decode_access_token(security.create_access_token("a" * 24, SETTINGS), SETTINGS)
-    two = security.decode_access_token(security.create_access_token("a" * 24, SETTINGS), SETTINGS)
+    one = security.decode_access_token(
+        security.create_access_token("a" * 24, SETTINGS, session_id="s", epoch=0), SETTINGS
+    )
+    two = security.decode_access_token(
+        security.create_access_token("a" * 24, SETTINGS, session_id="s", epoch=0), SETTINGS
+    )
     assert one.jti != two.jti
     assert one.sub == "a" * 24
 
 
 def test_expired_token_is_rejected():
     past = datetime.now(UTC) - timedelta(minutes=31)
-    token = security.create_access_token("a" * 24, SETTINGS, now=past)
+    token = security.create_access_token("a" * 24, SETTINGS, session_id="s", epoch=0, now=past)
     with pytest.raises(jwt.ExpiredSignatureError):
         security.decode_access_token(token, SETTINGS)
 

@@ -15,7 +15,13 @@ from service.models import DOCUMENTS, Post, User
 
 NOW = datetime.now(UTC)
 GOOD = {
-    "users": {"email": "hand@example.com", "hashed_password": "$2b$04$x", "created_at": NOW},
+    "users": {
+        "email": "hand@example.com",
+        "hashed_password": "$2b$04$x",
+        "created_at": NOW,
+        "session_epoch": 0,
+        "revoked_sessions": [{"sid": "s", "until": NOW}],
+    },
     "posts": {
         "title": "t",
         "content": "c",
@@ -24,6 +30,17 @@ GOOD = {
         "owner_id": ObjectId(),
     },
     "votes": {"post_id": ObjectId(), "user_id": ObjectId(), "created_at": NOW},
+    "refresh_tokens": {
+        "token_hash": "0" * 64,
+        "family_id": "f",
+        "user_id": ObjectId(),
+        "epoch": 0,
+        "issued_at": NOW,
+        "expires_at": NOW,
+        "used_at": None,
+        "revoked_at": NOW,
+    },
+    "login_attempts": {"key": "address:127.0.0.1", "at": NOW, "expires_at": NOW},
 }
 
 
@@ -54,10 +71,14 @@ async def test_every_collection_carries_its_validator(app):
         assert info["options"]["validationAction"] == "error"
 
 
-@pytest.mark.parametrize("collection", ["users", "posts", "votes"])
+@pytest.mark.parametrize("collection", list(GOOD))
 async def test_a_valid_document_written_by_hand_is_accepted(app, collection):
-    result = await app.state.database[collection].insert_one(dict(GOOD[collection]))
-    assert result.inserted_id is not None
+    # Dates an hour ahead: the TTL indexes of sessions and attempts must not remove them.
+    document = {
+        k: NOW.replace(year=NOW.year + 1) if v is NOW else v for k, v in GOOD[collection].items()
+    }
+    result = await app.state.database[collection].insert_one(document)
+    assert await app.state.database[collection].count_documents({"_id": result.inserted_id}) == 1
 
 
 @pytest.mark.parametrize(
@@ -72,6 +93,11 @@ async def test_a_valid_document_written_by_hand_is_accepted(app, collection):
         ("posts", {"published": "yes"}),
         ("votes", {"user_id": None}),
         ("votes", {"post_id": str(ObjectId())}),
+        ("users", {"session_epoch": None}),
+        ("users", {"revoked_sessions": [{"sid": 1, "until": NOW}]}),
+        ("refresh_tokens", {"used_at": "never"}),
+        ("refresh_tokens", {"expires_at": None}),
+        ("login_attempts", {"key": None}),
     ],
     ids=[
         "user-without-hash",
@@ -83,6 +109,11 @@ async def test_a_valid_document_written_by_hand_is_accepted(app, collection):
         "post-published-string",
         "vote-without-user",
         "vote-post-id-string",
+        "user-without-epoch",
+        "user-revoked-session-bad-sid",
+        "token-used-at-string",
+        "token-without-expiry",
+        "attempt-without-key",
     ],
 )
 async def test_an_invalid_document_written_by_hand_is_refused(app, collection, change):

@@ -4,20 +4,38 @@ from beanie import Document
 
 from service.models.base import id_of
 from service.models.post import Post, PostCreate, PostOut, PostPublic, PostUpdate
-from service.models.user import User, UserCreate, UserPublic
+from service.models.session import (
+    LoginAttempt,
+    LogoutRequest,
+    RefreshRequest,
+    RefreshToken,
+    TokenPair,
+)
+from service.models.user import AccountDeletion, PasswordChange, User, UserCreate, UserPublic
 from service.models.vote import Message, Vote, VoteCreate
 
-# Every document init_beanie manages; its order is the order indexes are built in.
-DOCUMENTS: list[type[Document]] = [User, Post, Vote]
+# The collections that hold the social network's data: what export, import and seed handle.
+DATA_DOCUMENTS: list[type[Document]] = [User, Post, Vote]
+# Every document init_beanie manages; its order is the order indexes are built in. Sessions
+# and login attempts are state of the moment, not data to export.
+DOCUMENTS: list[type[Document]] = [*DATA_DOCUMENTS, RefreshToken, LoginAttempt]
 
 __all__ = [
+    "DATA_DOCUMENTS",
     "DOCUMENTS",
+    "AccountDeletion",
+    "LoginAttempt",
+    "LogoutRequest",
     "Message",
+    "PasswordChange",
     "Post",
     "PostCreate",
     "PostOut",
     "PostPublic",
     "PostUpdate",
+    "RefreshRequest",
+    "RefreshToken",
+    "TokenPair",
     "User",
     "UserCreate",
     "UserPublic",

@@ -62,17 +62,49 @@ class UserBase(BaseModel):
     email: Annotated[str, Indexed(unique=True)]
 
 
+class RevokedSession(BaseModel):
+    """A session ended by a logout, kept until every access token it issued has expired."""
+
+    sid: str
+    until: datetime
+
+
 class User(Document, UserBase):
     hashed_password: str
     created_at: datetime = Field(default_factory=utc_now)
+    # Session state lives on the user document because every protected request already reads
+    # it: checking an access token against it costs no extra round trip, and every API
+    # process sees a logout on its next request. `session_epoch` is the generation of the
+    # user's sessions (logout-all and a password change raise it, ending every token signed
+    # before); `revoked_sessions` lists sessions ended one by one whose access tokens may still
+    # be unexpired. Entries leave the list once `until` has passed.
+    session_epoch: int = 0
+    revoked_sessions: list[RevokedSession] = []
 
     class Settings:
         name = "users"
+
+    def session_is_live(self, session_id: str, epoch: int, now: datetime) -> bool:
+        """Whether an access token of this session and epoch may still be honoured."""
+        if epoch != self.session_epoch:
+            return False
+        return not any(
+            revoked.sid == session_id and revoked.until > now for revoked in self.revoked_sessions
+        )
 
 
 class UserCreate(BaseModel):
     email: NormalizedEmail
     password: Password
+
+
+class PasswordChange(BaseModel):
+    current_password: str
+    new_password: Password
+
+
+class AccountDeletion(BaseModel):
+    password: str
 
 
 class UserPublic(UserBase):

@@ -25,6 +25,8 @@ class Vote(Document, VoteBase):
             # votes cannot both land. Its post_id prefix also serves vote counts and the
             # cascade when a post is deleted.
             IndexModel([("post_id", ASCENDING), ("user_id", ASCENDING)], unique=True),
+            # A user's own votes, found when their account is deleted.
+            IndexModel([("user_id", ASCENDING)]),
         ]
 
 

@@ -1,43 +1,101 @@
-"""Login: OAuth2's password flow, as Swagger UI's Authorize button sends it."""
+"""Login (OAuth2's password flow, as Swagger UI's Authorize button sends it), refresh, logout."""
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel
 
-from service.deps import SettingsDep
-from service.models import User
+from service import accounts
+from service.deps import (
+    BEARER,
+    TOO_MANY_ATTEMPTS,
+    CurrentSession,
+    SettingsDep,
+    begin_password_check,
+)
+from service.models import LogoutRequest, RefreshRequest, RefreshToken, TokenPair, User, id_of
 from service.models.user import normalize_email
-from service.routing import CollectionRouter, error
-from service.security import create_access_token, hash_password, needs_rehash, verify_password
+from service.routing import CollectionRouter, Responses, error
+from service.security import digest_refresh_token, hash_password, needs_rehash, verify_password
 
 router = CollectionRouter(tags=["Authentication"])
 
 INVALID_CREDENTIALS = "Invalid Credentials"
+INVALID_REFRESH_TOKEN = "Invalid or expired refresh token"
 
-
-class Token(BaseModel):
-    access_token: str
-    token_type: str = "bearer"
+THROTTLED: Responses = {
+    status.HTTP_429_TOO_MANY_REQUESTS: {
+        **error(f"{TOO_MANY_ATTEMPTS}; wait the seconds in Retry-After"),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    }
+}
+UNAUTHORIZED: Responses = {status.HTTP_401_UNAUTHORIZED: error("Missing, invalid or ended token")}
 
 
 @router.post(
     "/login",
-    responses={status.HTTP_403_FORBIDDEN: error("Unknown email or wrong password")},
+    responses={status.HTTP_403_FORBIDDEN: error("Unknown email or wrong password"), **THROTTLED},
 )
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], settings: SettingsDep
-) -> Token:
-    """Exchange an email (in `username`) and password for a bearer token."""
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    request: Request,
+    settings: SettingsDep,
+) -> TokenPair:
+    """Exchange an email (in `username`) and password for an access and a refresh token."""
     email = normalize_email(form.username)
+    # Throttled by what was typed, whether or not it is an account's email: an unknown email
+    # is refused exactly as a known one is, so the throttle tells nobody which exist.
+    attempt = await begin_password_check(email or form.username, request, settings)
     user = await User.find_one(User.email == email) if email else None
     # An unknown email is checked against a dummy hash: same answer, about the same time.
     valid = await verify_password(form.password, user.hashed_password if user else None, settings)
     if user is None or not valid:
         raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID_CREDENTIALS)
+    await attempt.succeeded()
     if needs_rehash(user.hashed_password, settings.bcrypt_rounds):
         # The only moment the password is at hand: raise an old hash to the configured cost.
         rehashed = await hash_password(form.password, settings)
         await user.set({User.hashed_password: rehashed})
-    return Token(access_token=create_access_token(str(user.id), settings))
+    return await accounts.start_session(user, settings)
+
+
+@router.post(
+    "/auth/refresh",
+    responses={status.HTTP_401_UNAUTHORIZED: error("Unknown, expired, used or revoked token")},
+)
+async def refresh_tokens(refresh_in: RefreshRequest, settings: SettingsDep) -> TokenPair:
+    """Exchange a refresh token for a new pair; the old refresh token is used up.
+
+    Presenting a used refresh token again ends its whole session: whoever else holds the
+    newer token is logged out too, since one of the two holders is a thief.
+    """
+    try:
+        return await accounts.refresh_session(refresh_in.refresh_token, settings)
+    except accounts.RefreshRefused:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, INVALID_REFRESH_TOKEN, headers=BEARER
+        ) from None
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=UNAUTHORIZED)
+async def logout(
+    session: CurrentSession, settings: SettingsDep, logout_in: LogoutRequest | None = None
+) -> None:
+    """End this session: its access token stops working now, its refresh tokens too.
+
+    A `refresh_token` in the body ends the session it belongs to as well, if it is the
+    caller's (a token of someone else's is ignored, and says nothing about that session).
+    """
+    user_id = id_of(session.user)
+    await accounts.end_session(user_id, session.claims.sid, settings)
+    if logout_in is not None and logout_in.refresh_token is not None:
+        digest = digest_refresh_token(logout_in.refresh_token)
+        other = await RefreshToken.find_one(RefreshToken.token_hash == digest)
+        if other is not None and other.user_id == user_id and other.family_id != session.claims.sid:
+            await accounts.end_session(user_id, other.family_id, settings)
+
+
+@router.post("/logout/all", status_code=status.HTTP_204_NO_CONTENT, responses=UNAUTHORIZED)
+async def logout_all(session: CurrentSession) -> None:
+    """End every session of the caller: every access and refresh token issued before now."""
+    await accounts.end_all_sessions(id_of(session.user))

@@ -1,13 +1,23 @@
 """Users: register, and read yourself or anyone by id."""
 
 from beanie import PydanticObjectId
-from fastapi import HTTPException, status
+from fastapi import HTTPException, Request, status
 from pymongo.errors import DuplicateKeyError
 
-from service.deps import CurrentUser, SettingsDep
-from service.models import User, UserCreate, UserPublic
+from service import accounts, deps
+from service.deps import CurrentUser, SettingsDep, begin_password_check
+from service.models import (
+    AccountDeletion,
+    PasswordChange,
+    TokenPair,
+    User,
+    UserCreate,
+    UserPublic,
+    id_of,
+)
+from service.routers.auth import INVALID_CREDENTIALS, THROTTLED
 from service.routing import CollectionRouter, Responses, error
-from service.security import hash_password
+from service.security import hash_password, verify_password
 
 router = CollectionRouter(prefix="/users", tags=["Users"])
 
@@ -37,6 +47,48 @@ async def create_user(user_in: UserCreate, settings: SettingsDep) -> UserPublic:
 async def read_user_me(user: CurrentUser) -> UserPublic:
     """The user the token belongs to."""
     return UserPublic.model_validate(user)
+
+
+PASSWORD_CHECKED: Responses = {
+    **UNAUTHORIZED,
+    status.HTTP_403_FORBIDDEN: error("Wrong password"),
+    **THROTTLED,
+}
+
+
+async def check_password(
+    user: User, password: str, request: Request, settings: SettingsDep
+) -> None:
+    """403 unless `password` is the user's; throttled like a login of the user's email, so a
+    stolen access token cannot be used to guess the password either."""
+    attempt = await begin_password_check(user.email, request, settings)
+    if not await verify_password(password, user.hashed_password, settings):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID_CREDENTIALS)
+    await attempt.succeeded()
+
+
+@router.put("/me/password", responses=PASSWORD_CHECKED)
+async def update_password(
+    password_in: PasswordChange, user: CurrentUser, request: Request, settings: SettingsDep
+) -> TokenPair:
+    """Change your password: every session ends, and this answer starts a new one."""
+    await check_password(user, password_in.current_password, request, settings)
+    hashed = await hash_password(password_in.new_password, settings)
+    changed = await accounts.end_all_sessions(id_of(user), also_set={"hashed_password": hashed})
+    if changed is None:  # deleted while the hash was being made
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, deps.INVALID_CREDENTIALS, headers=deps.BEARER
+        )
+    return await accounts.start_session(changed, settings)
+
+
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_CHECKED)
+async def delete_user_me(
+    deletion_in: AccountDeletion, user: CurrentUser, request: Request, settings: SettingsDep
+) -> None:
+    """Delete your account, your posts, the votes on them and yours, and your sessions."""
+    await check_password(user, deletion_in.password, request, settings)
+    await accounts.delete_account(user)
 
 
 @router.get(

@@ -1,0 +1,188 @@
+"""Sessions and accounts: the multi-step writes that the auth and users routers share.
+
+A session begins at a login and is named by a random id (`sid`). Its refresh tokens form a
+family: each refresh uses up one token and adds the next, stored only as SHA-256 digests.
+Its access tokens are JWTs that carry the `sid` and the user's session epoch (`ver`).
+
+Ending sessions has two halves. The refresh tokens are marked revoked in their collection,
+which every refresh reads anyway. The access tokens are checked against the user document,
+which every protected request reads anyway (deps.get_current_user), so a logout is honoured
+on the very next request by every API process at no extra database round trip:
+- one session ends (logout, a replayed refresh token): its `sid` goes into
+  `revoked_sessions` until the last access token it can have issued has expired;
+- every session ends (logout-all, a password change, account deletion): `session_epoch` goes
+  up, and a token of an older epoch, access or refresh, is refused from then on.
+
+No write here needs a transaction: each step is one single-document or idempotent multi-
+document update, ordered so that a failure halfway leaves the tokens refused, never live.
+"""
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from beanie import PydanticObjectId
+from pymongo import ReturnDocument
+
+from service.config import Settings
+from service.models import LoginAttempt, Post, RefreshToken, TokenPair, User, Vote, id_of
+from service.models.base import utc_now
+from service.security import (
+    access_token_lifetime,
+    create_access_token,
+    digest_refresh_token,
+    new_refresh_token,
+    new_session_id,
+)
+from service.throttle import email_key
+
+logger = logging.getLogger(__name__)
+
+
+class RefreshRefused(Exception):
+    """The refresh token is unknown, expired, used up, revoked, or its user is gone."""
+
+
+async def start_session(
+    user: User, settings: Settings, *, session_id: str | None = None
+) -> TokenPair:
+    """Issue an access token and a refresh token: a new session, or the next of `session_id`."""
+    now = utc_now()
+    session_id = session_id or new_session_id()
+    refresh_token = new_refresh_token()
+    await RefreshToken(
+        token_hash=digest_refresh_token(refresh_token),
+        family_id=session_id,
+        user_id=id_of(user),
+        epoch=user.session_epoch,
+        issued_at=now,
+        expires_at=now + timedelta(days=settings.refresh_token_expire_days),
+    ).insert()
+    lifetime = access_token_lifetime(settings)
+    access_token = create_access_token(
+        str(id_of(user)), settings, session_id=session_id, epoch=user.session_epoch, now=now
+    )
+    return TokenPair(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_in=int(lifetime.total_seconds()),
+    )
+
+
+async def refresh_session(refresh_token: str, settings: Settings) -> TokenPair:
+    """Use up a refresh token and issue the session's next pair.
+
+    A token that was already used is a replay: either its holder or a thief has the newer
+    one, and there is no telling which, so the whole session ends for both.
+    """
+    now = utc_now()
+    digest = digest_refresh_token(refresh_token)
+    tokens = RefreshToken.get_pymongo_collection()
+    # Exchanging is one atomic update: of two simultaneous uses of one token, one gets it.
+    raw = await tokens.find_one_and_update(
+        {"token_hash": digest, "used_at": None, "revoked_at": None, "expires_at": {"$gt": now}},
+        {"$set": {"used_at": now}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if raw is None:
+        replayed = await RefreshToken.find_one(RefreshToken.token_hash == digest)
+        if replayed is not None and replayed.used_at is not None:
+            logger.warning(
+                "A used refresh token was presented again: ending session %s of user %s",
+                replayed.family_id,
+                replayed.user_id,
+            )
+            await end_session(replayed.user_id, replayed.family_id, settings)
+        raise RefreshRefused
+    used = RefreshToken.model_validate(raw)
+    user = await User.get(used.user_id)
+    if user is None or not user.session_is_live(used.family_id, used.epoch, now):
+        raise RefreshRefused
+    pair = await start_session(user, settings, session_id=used.family_id)
+    # A logout of this session may have revoked its tokens between the exchange above and the
+    # insert of the next one, missing it. Any revoked token of the family says so: then the
+    # new one goes too.
+    if (
+        await RefreshToken.find_one({"family_id": used.family_id, "revoked_at": {"$ne": None}})
+        is not None
+    ):
+        await _revoke_family(used.user_id, used.family_id, utc_now())
+        raise RefreshRefused
+    return pair
+
+
+async def end_session(user_id: PydanticObjectId, session_id: str, settings: Settings) -> None:
+    """End one session: its refresh tokens now, its access tokens on their next request."""
+    now = utc_now()
+    # The refresh tokens first: if the second write fails, the client's retry finds a session
+    # whose access tokens still work rather than one that can be refreshed back to life.
+    await _revoke_family(user_id, session_id, now)
+    until = now + access_token_lifetime(settings)
+    kept = {
+        "$filter": {
+            "input": {"$ifNull": ["$revoked_sessions", []]},
+            "cond": {"$gt": ["$$this.until", now]},
+        }
+    }
+    # One pipeline update: drop the entries whose tokens have all expired, append this one.
+    await User.get_pymongo_collection().update_one(
+        {"_id": user_id},
+        [
+            {
+                "$set": {
+                    "revoked_sessions": {
+                        "$concatArrays": [kept, [{"sid": session_id, "until": until}]]
+                    }
+                }
+            }
+        ],
+    )
+
+
+async def end_all_sessions(
+    user_id: PydanticObjectId, *, also_set: dict[str, Any] | None = None
+) -> User | None:
+    """End every session of a user; return the user as it now is (None if it is gone).
+
+    Raising the epoch is what ends them, in one write that can also set other fields (a new
+    password hash); marking the refresh tokens revoked afterwards is for whoever reads them.
+    """
+    raw = await User.get_pymongo_collection().find_one_and_update(
+        {"_id": user_id},
+        {"$inc": {"session_epoch": 1}, "$set": {"revoked_sessions": [], **(also_set or {})}},
+        return_document=ReturnDocument.AFTER,
+    )
+    await RefreshToken.get_pymongo_collection().update_many(
+        {"user_id": user_id, "revoked_at": None}, {"$set": {"revoked_at": utc_now()}}
+    )
+    return None if raw is None else User.model_validate(raw)
+
+
+async def delete_account(user: User) -> None:
+    """Delete a user with their posts, every vote on those posts, their votes, their sessions.
+
+    Vote counts are counted from the votes collection on every read, so removing the user's
+    votes is what corrects the counts of other users' posts. The order makes a retry safe:
+    sessions end first (a failure later leaves an account that can log in and delete again),
+    the posts go before the votes on them (a vote cannot land on a post that is going), and
+    the user document goes last.
+    """
+    user_id = id_of(user)
+    await end_all_sessions(user_id)
+    posts = Post.get_pymongo_collection()
+    post_ids = [row["_id"] async for row in posts.find({"owner_id": user_id}, {"_id": 1})]
+    await posts.delete_many({"owner_id": user_id})
+    votes = Vote.get_pymongo_collection()
+    await votes.delete_many({"user_id": user_id})
+    for start in range(0, len(post_ids), 1000):  # keeps each command well under 16 MB
+        await votes.delete_many({"post_id": {"$in": post_ids[start : start + 1000]}})
+    await RefreshToken.get_pymongo_collection().delete_many({"user_id": user_id})
+    await LoginAttempt.get_pymongo_collection().delete_many({"key": email_key(user.email)})
+    await User.get_pymongo_collection().delete_one({"_id": user_id})
+
+
+async def _revoke_family(user_id: PydanticObjectId, session_id: str, now: datetime) -> None:
+    await RefreshToken.get_pymongo_collection().update_many(
+        {"family_id": session_id, "user_id": user_id, "revoked_at": None},
+        {"$set": {"revoked_at": now}},
+    )

@@ -1,0 +1,73 @@
+"""Sessions: refresh tokens (stored as digests) and the failed-login log that throttles logins."""
+
+from datetime import datetime
+from typing import Annotated, ClassVar
+
+from beanie import Document, Indexed, PydanticObjectId
+from pydantic import BaseModel, Field
+from pymongo import ASCENDING, IndexModel
+
+REFRESH_TOKEN_MAX = 512  # ours are 43 characters; anything far longer is not one
+
+
+class RefreshToken(Document):
+    """One refresh token of a session. A session (a "family") starts at a login; each refresh
+    uses up its token and adds the next one to the same family."""
+
+    # SHA-256 of the token, hex: the token itself is never stored, so a copy of this
+    # collection lets nobody refresh. Unique, and the index every refresh looks it up by.
+    token_hash: Annotated[str, Indexed(unique=True)]
+    family_id: Annotated[str, Indexed()]  # the session's id, the `sid` of its access tokens
+    user_id: Annotated[PydanticObjectId, Indexed()]  # serves logout-all and account deletion
+    # The user's session epoch when the family began: a token from an older epoch (before a
+    # logout-all or a password change) is refused even if this document was written late.
+    epoch: int
+    issued_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None  # set when it is exchanged; a second use is a replay
+    revoked_at: datetime | None = None  # set when its family ends
+
+    class Settings:
+        name = "refresh_tokens"
+        indexes: ClassVar[list[IndexModel]] = [
+            # MongoDB deletes each token once it has expired (within its TTL monitor's minute);
+            # every lookup also checks expires_at, so a late deletion changes nothing.
+            IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),
+        ]
+
+
+class LoginAttempt(Document):
+    """One failed (or still running) login, counted against the email and the client address.
+
+    `key` is `email:<sha256 of the normalised email>` or `address:<ip or IPv6 /64>`: the
+    email is digested so that whatever an attacker types is stored at a fixed size.
+    """
+
+    key: str
+    at: datetime
+    expires_at: datetime
+
+    class Settings:
+        name = "login_attempts"
+        indexes: ClassVar[list[IndexModel]] = [
+            # Counting the attempts of a key within the window is a range scan of this index.
+            IndexModel([("key", ASCENDING), ("at", ASCENDING)]),
+            IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),
+        ]
+
+
+class TokenPair(BaseModel):
+    """What login, refresh and a password change answer: the course's two fields first."""
+
+    access_token: str
+    token_type: str = "bearer"
+    refresh_token: str = Field(description="Opaque; exchange it at POST /auth/refresh, once")
+    expires_in: int = Field(description="Seconds until the access token expires")
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=REFRESH_TOKEN_MAX)]
+
+
+class LogoutRequest(BaseModel):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=REFRESH_TOKEN_MAX)] | None = None
