@@ -12,7 +12,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, ConnectionFailure, OperationFailure
+from pymongo.monitoring import CommandListener
 
 from service.config import ConfigurationError, Settings, private_dir
 from service.models import DOCUMENTS
@@ -171,8 +172,13 @@ def embedded_banner(store: EmbeddedStore) -> str:
 
 
 @asynccontextmanager
-async def connect(settings: Settings) -> AsyncIterator[Database]:
-    """Open the client (and the embedded store if there is no URL); close both on exit."""
+async def connect(
+    settings: Settings, listeners: Sequence[CommandListener] = ()
+) -> AsyncIterator[Database]:
+    """Open the client (and the embedded store if there is no URL); close both on exit.
+
+    `listeners` see every command the client sends (tests and the benchmark count them).
+    """
     store: EmbeddedStore | None = None
     url = settings.mongodb_url or settings.embedded_store_url
     if url is None:
@@ -184,6 +190,7 @@ async def connect(settings: Settings) -> AsyncIterator[Database]:
         tz_aware=True,
         serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
         appname="social-api",
+        event_listeners=list(listeners),
     )
     try:
         yield client[settings.mongodb_db]

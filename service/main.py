@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, ExecutionTimeout
+from pymongo.monitoring import CommandListener
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -37,7 +38,7 @@ class Status(BaseModel):
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings.with_secret_key()
     app.state.settings = settings
-    async with db.connect(settings) as database:
+    async with db.connect(settings, app.state.command_listeners) as database:
         app.state.database = database
         app.state.initialised = initialised = asyncio.Event()
         retry: asyncio.Task[None] | None = None
@@ -135,8 +136,11 @@ class UnhandledErrorMiddleware:
             await response(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; `settings` overrides the environment (tests pass their own)."""
+def create_app(
+    settings: Settings | None = None, *, command_listeners: Sequence[CommandListener] = ()
+) -> FastAPI:
+    """Build the app; `settings` overrides the environment (tests pass their own), and
+    `command_listeners` watch its MongoDB commands (tests count round trips with them)."""
     settings = settings or get_settings()
     logs.configure(settings.log_level, settings.log_format)
     app = FastAPI(
@@ -150,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     app.state.settings = settings
+    app.state.command_listeners = command_listeners
     app.add_middleware(UnhandledErrorMiddleware)  # added first: the innermost of them
     if settings.cors_origins:
         # Bearer tokens, not cookies: no credentials mode, so no origin can ride a session.

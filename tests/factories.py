@@ -18,6 +18,7 @@ class LoggedInUser:
     email: str
     password: str
     token: str
+    refresh_token: str = ""
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -50,10 +51,18 @@ async def register(
     return body
 
 
-async def login(client: httpx.AsyncClient, email: str, password: str = DEFAULT_PASSWORD) -> str:
+async def login_pair(
+    client: httpx.AsyncClient, email: str, password: str = DEFAULT_PASSWORD
+) -> dict[str, Any]:
+    """Log in; the whole answer: access_token, token_type, refresh_token, expires_in."""
     response = await client.post("/login", data={"username": email, "password": password})
     assert response.status_code == 200, response.text
-    token: str = response.json()["access_token"]
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str = DEFAULT_PASSWORD) -> str:
+    token: str = (await login_pair(client, email, password))["access_token"]
     return token
 
 
@@ -62,14 +71,19 @@ async def create_user(
 ) -> LoggedInUser:
     """Register and log in a user."""
     user = await register(client, email, password)
-    token = await login(client, user["email"], password)
+    pair = await login_pair(client, user["email"], password)
     return LoggedInUser(
         id=user["id"],
         email=user["email"],
         password=password,
-        token=token,
-        headers={"Authorization": f"Bearer {token}"},
+        token=pair["access_token"],
+        refresh_token=pair["refresh_token"],
+        headers=bearer(pair["access_token"]),
     )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def create_post(

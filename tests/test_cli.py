@@ -102,6 +102,8 @@ def test_export_then_import_round_trips_every_document(use_db, mongodb_url, tmp_
     assert seeded.exit_code == 0, seeded.output
     exported = runner.invoke(cli, ["export", str(tmp_path / "dump")])
     assert exported.exit_code == 0, exported.output
+    # Sessions and login attempts are state of the moment, not data: they are not exported.
+    assert sorted(os.listdir(tmp_path / "dump")) == ["posts.json", "users.json", "votes.json"]
     lines = (tmp_path / "dump" / "posts.json").read_text().splitlines()
     assert len(lines) == 15 and '"_id": {"$oid": "' in lines[0] and '{"$date": "' in lines[0]
 
@@ -131,6 +133,22 @@ def test_import_reports_a_document_the_validator_refuses(use_db, tmp_path):
     result = runner.invoke(cli, ["import", str(dump)])
     assert result.exit_code == 1
     assert "users: document 2 was refused" in result.output
+
+
+def test_an_export_made_before_sessions_existed_imports_with_their_defaults(
+    use_db, mongodb_url, tmp_path
+):
+    name = use_db()
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    old = f'{{"_id": {{"$oid": "{ObjectId()}"}}, "email": "old@example.com", '
+    old += '"hashed_password": "$2b$04$x", "created_at": {"$date": "2026-01-01T00:00:00Z"}}'
+    (dump / "users.json").write_text(old + "\n")
+    result = runner.invoke(cli, ["import", str(dump)])
+    assert result.exit_code == 0, result.output
+    [user] = raw(mongodb_url, name)["users"]
+    assert user["session_epoch"] == 0
+    assert user["revoked_sessions"] == []
 
 
 def test_import_of_a_folder_without_exports_fails(use_db, tmp_path):

@@ -10,7 +10,7 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient
 from pymongo.errors import WriteError
 
-from service.db import apply_validators, initialise, validator_schema
+from service.db import apply_validators, initialise, migrate, validator_schema
 from service.models import DOCUMENTS, Post, User
 
 NOW = datetime.now(UTC)
@@ -161,3 +161,20 @@ async def test_processes_starting_together_all_initialise(app, mongodb_url, rest
         await clients[0].drop_database(name)
         for client in clients:
             await client.close()
+
+
+async def test_users_written_before_sessions_existed_are_migrated(app):
+    database = app.state.database.client[f"migrate_{uuid.uuid4().hex[:8]}"]
+    try:
+        old = {"email": "old@example.com", "hashed_password": "$2b$04$x", "created_at": NOW}
+        await database["users"].insert_one(dict(old))
+        await database["users"].insert_one({**old, "email": "new@example.com", "session_epoch": 4})
+        await migrate(database)
+        await migrate(database)  # a second start changes nothing
+        rows = await database["users"].find({}, {"_id": 0}).sort("email", 1).to_list()
+        assert [(r["email"], r["session_epoch"], r["revoked_sessions"]) for r in rows] == [
+            ("new@example.com", 4, []),
+            ("old@example.com", 0, []),
+        ]
+    finally:
+        await database.client.drop_database(database.name)

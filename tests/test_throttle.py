@@ -1,0 +1,221 @@
+"""Login throttling: per email and per client address, shared by every API process."""
+
+import asyncio
+from datetime import timedelta
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from pydantic import ValidationError
+
+from service.config import Settings
+from service.main import create_app
+from service.models import LoginAttempt
+from service.throttle import address_key, email_key
+from tests.conftest import TEST_SECRET_KEY, running_server
+from tests.factories import DEFAULT_PASSWORD, bearer, create_user, login_pair, unique_email
+
+THROTTLED = {"detail": "Too many failed login attempts"}
+WINDOW = 15 * 60
+
+
+async def attempt(
+    client: httpx.AsyncClient, email: str, password: str = "wrong password", **headers: str
+) -> httpx.Response:
+    return await client.post(
+        "/login", data={"username": email, "password": password}, headers=headers
+    )
+
+
+async def backdate_attempts(seconds: float, **query: object) -> None:
+    collection = LoginAttempt.get_pymongo_collection()
+    async for row in collection.find(query):
+        shift = timedelta(seconds=seconds)
+        await collection.update_one(
+            {"_id": row["_id"]},
+            {"$set": {"at": row["at"] - shift, "expires_at": row["expires_at"] - shift}},
+        )
+
+
+async def test_five_failures_for_an_email_lock_it_even_with_the_right_password(client):
+    user = await create_user(client)
+    for _ in range(5):
+        assert (await attempt(client, user.email)).status_code == 403
+    refused = await attempt(client, user.email, DEFAULT_PASSWORD)
+    assert refused.status_code == 429
+    assert refused.json() == THROTTLED
+    assert WINDOW - 5 <= int(refused.headers["retry-after"]) <= WINDOW
+    # The email's spelling does not matter: it is counted as registration stores it.
+    assert (await attempt(client, f"  {user.email.upper()} ")).status_code == 429
+    # Another account from the same address is not locked.
+    other = await create_user(client)
+    await login_pair(client, other.email)
+
+
+async def test_an_unknown_email_is_throttled_exactly_like_a_known_one(client):
+    email = unique_email()
+    answers = [(await attempt(client, email)).status_code for _ in range(6)]
+    assert answers == [403] * 5 + [429]
+
+
+async def test_a_success_resets_the_email_counter(client):
+    user = await create_user(client)
+    for _ in range(2):
+        for _ in range(4):
+            assert (await attempt(client, user.email)).status_code == 403
+        await login_pair(client, user.email)
+    assert await LoginAttempt.find({"key": email_key(user.email)}).count() == 0
+
+
+async def test_the_lock_lifts_when_the_window_has_passed(client):
+    user = await create_user(client)
+    for _ in range(5):
+        await attempt(client, user.email)
+    # Refused attempts are not counted: waiting out the window is enough, however many came.
+    for _ in range(3):
+        assert (await attempt(client, user.email, DEFAULT_PASSWORD)).status_code == 429
+    await backdate_attempts(WINDOW + 1)
+    await login_pair(client, user.email)
+
+
+async def test_retry_after_says_when_the_oldest_failure_leaves_the_window(client):
+    user = await create_user(client)
+    for _ in range(5):
+        await attempt(client, user.email)
+    [oldest] = await LoginAttempt.find({"key": email_key(user.email)}).limit(1).to_list()
+    await backdate_attempts(600, _id=oldest.id)
+    refused = await attempt(client, user.email, DEFAULT_PASSWORD)
+    assert 295 <= int(refused.headers["retry-after"]) <= 300
+
+
+async def test_a_hundred_failures_from_one_address_lock_the_address(client, app):
+    user = await create_user(client)
+    for _ in range(100):
+        assert (await attempt(client, unique_email())).status_code == 403
+    refused = await attempt(client, user.email, DEFAULT_PASSWORD)
+    assert refused.status_code == 429
+    assert refused.json() == THROTTLED
+    # A forwarded address from an untrusted peer changes nothing.
+    forged = await attempt(client, user.email, DEFAULT_PASSWORD, **{"X-Forwarded-For": "1.2.3.4"})
+    assert forged.status_code == 429
+    # Another client address is not locked.
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.10", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as elsewhere:
+        assert (await attempt(elsewhere, user.email, DEFAULT_PASSWORD)).status_code == 200
+
+
+async def test_simultaneous_failures_never_get_more_than_the_limit_checked(client):
+    user = await create_user(client)
+    answers = await asyncio.gather(*(attempt(client, user.email) for _ in range(20)))
+    codes = [answer.status_code for answer in answers]
+    assert set(codes) <= {403, 429}
+    assert 1 <= codes.count(403) <= 5
+    # Exactly the checked attempts are counted; the refused ones were taken back.
+    assert await LoginAttempt.find({"key": email_key(user.email)}).count() == codes.count(403)
+
+
+async def test_attempts_are_stored_without_the_email(client):
+    email = unique_email()
+    await attempt(client, email)
+    rows = await LoginAttempt.get_pymongo_collection().find().to_list()
+    assert sorted(row["key"] for row in rows) == sorted(
+        [email_key(email), address_key("127.0.0.1")]
+    )
+    assert email not in str(rows)
+    assert all(row["expires_at"] - row["at"] == timedelta(seconds=WINDOW) for row in rows)
+
+
+async def test_password_checks_of_a_logged_in_user_are_throttled_too(client):
+    user = await create_user(client)
+    body = {"current_password": "wrong password", "new_password": "a brand new secret"}
+    for _ in range(5):
+        response = await client.put("/users/me/password", headers=user.headers, json=body)
+        assert response.status_code == 403
+    body["current_password"] = DEFAULT_PASSWORD
+    refused = await client.put("/users/me/password", headers=user.headers, json=body)
+    assert refused.status_code == 429
+    assert "retry-after" in refused.headers
+    deletion = await client.request(
+        "DELETE", "/users/me", headers=user.headers, json={"password": DEFAULT_PASSWORD}
+    )
+    assert deletion.status_code == 429
+    assert (await client.get("/users/me", headers=user.headers)).status_code == 200
+
+
+def test_address_keys_group_ipv6_by_64_and_unwrap_mapped_ipv4():
+    assert address_key("203.0.113.9") == "address:203.0.113.9"
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::2")
+    assert address_key("2001:db8:1:2::1") == "address:2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:203.0.113.9") == "address:203.0.113.9"
+    assert address_key(None) == "address:unknown"
+
+
+def test_trusted_proxies_must_be_addresses_or_networks(monkeypatch):
+    monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1")
+    assert Settings(_env_file=None).trusted_proxies == ["10.0.0.0/8", "192.0.2.1"]
+    monkeypatch.setenv("TRUSTED_PROXIES", "proxy.example.com")
+    with pytest.raises(ValidationError, match="not an IP address or network"):
+        Settings(_env_file=None)
+
+
+async def test_a_trusted_proxy_names_the_client(settings, restore_beanie):
+    proxied = settings.model_copy(
+        update={"trusted_proxies": ["10.0.0.0/8"], "login_max_failures_per_address": 3}
+    )
+    app = create_app(proxied)
+    async with LifespanManager(app):
+        proxy = httpx.ASGITransport(app=app, client=("10.1.2.3", 4000))
+        stranger = httpx.ASGITransport(app=app, client=("198.51.100.7", 4000))
+        async with (
+            httpx.AsyncClient(transport=proxy, base_url="http://t") as via_proxy,
+            httpx.AsyncClient(transport=stranger, base_url="http://t") as direct,
+        ):
+            spoof = {"X-Forwarded-For": "203.0.113.5"}
+            for _ in range(3):
+                assert (await attempt(via_proxy, unique_email(), **spoof)).status_code == 403
+            assert (await attempt(via_proxy, unique_email(), **spoof)).status_code == 429
+            other_client = {"X-Forwarded-For": "203.0.113.6"}
+            assert (await attempt(via_proxy, unique_email(), **other_client)).status_code == 403
+            # From a peer that is not a trusted proxy the header is ignored: the peer counts.
+            for _ in range(3):
+                assert (await attempt(direct, unique_email(), **spoof)).status_code == 403
+            assert (await attempt(direct, unique_email(), **other_client)).status_code == 429
+        rows = await LoginAttempt.get_pymongo_collection().find().to_list()
+        keys = {row["key"] for row in rows}
+        assert {"address:203.0.113.5", "address:203.0.113.6", "address:198.51.100.7"} <= keys
+
+
+async def test_two_api_processes_share_sessions_and_the_throttle(client, settings, tmp_path):
+    """The in-process app and a `social-api serve` process on the same database agree."""
+    env = {
+        "MONGODB_URL": settings.mongodb_url or "",
+        "MONGODB_DB": settings.mongodb_db,
+        "SECRET_KEY": TEST_SECRET_KEY,
+    }
+    user = await create_user(client)
+    with running_server(tmp_path, **env) as (base, _):
+        async with httpx.AsyncClient(base_url=base, timeout=30) as other:
+            # A session started here ends there, and here honours it on the next request.
+            pair = await login_pair(client, user.email)
+            assert (
+                await other.get("/users/me", headers=bearer(pair["access_token"]))
+            ).status_code == 200
+            assert (
+                await other.post("/logout", headers=bearer(pair["access_token"]))
+            ).status_code == 204
+            assert (
+                await client.get("/users/me", headers=bearer(pair["access_token"]))
+            ).status_code == 401
+            refused = await client.post(
+                "/auth/refresh", json={"refresh_token": pair["refresh_token"]}
+            )
+            assert refused.status_code == 401
+            # Logout-all there ends the sessions made here.
+            assert (await other.post("/logout/all", headers=user.headers)).status_code == 204
+            assert (await client.get("/users/me", headers=user.headers)).status_code == 401
+            # Failures on both add up to one throttle.
+            for http in (client, other, client, other, client):
+                assert (await attempt(http, user.email)).status_code == 403
+            for http in (other, client):
+                assert (await attempt(http, user.email, DEFAULT_PASSWORD)).status_code == 429
