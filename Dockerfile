@@ -78,6 +78,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request as r; r.build_opener(r.ProxyHandler({})).open('http://127.0.0.1:8000/healthz', timeout=4)"]
 
 # `exec`: uvicorn replaces the shell, so it receives SIGTERM (docker stop) directly.
-# Proxy headers (X-Forwarded-For/-Proto) are trusted from FORWARDED_ALLOW_IPS (uvicorn's
-# default: 127.0.0.1); set it to the reverse proxy's address.
-CMD ["sh", "-c", "exec uvicorn service.main:create_app --factory --host 0.0.0.0 --port 8000 --proxy-headers --workers \"${WEB_CONCURRENCY:-1}\""]
+# uvicorn's own proxy-header handling is off: the app believes X-Forwarded-For/-Proto only from
+# the addresses in TRUSTED_PROXIES (the login throttle counts per client address).
+CMD ["sh", "-c", "exec uvicorn service.main:create_app --factory --host 0.0.0.0 --port 8000 --no-proxy-headers --workers \"${WEB_CONCURRENCY:-1}\""]
