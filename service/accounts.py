@@ -38,6 +38,8 @@ from service.throttle import email_key
 
 logger = logging.getLogger(__name__)
 
+REVOCATION_LEEWAY = timedelta(minutes=5)
+
 
 class RefreshRefused(Exception):
     """The refresh token is unknown, expired, used up, revoked, or its user is gone."""
@@ -117,14 +119,17 @@ async def end_session(user_id: PydanticObjectId, session_id: str, settings: Sett
     # The refresh tokens first: if the second write fails, the client's retry finds a session
     # whose access tokens still work rather than one that can be refreshed back to life.
     await _revoke_family(user_id, session_id, now)
-    until = now + access_token_lifetime(settings)
+    # Kept a while past the access tokens' life: another process's clock may run ahead, or a
+    # refresh finishing just now may sign one a moment later.
+    until = now + access_token_lifetime(settings) + REVOCATION_LEEWAY
     kept = {
         "$filter": {
             "input": {"$ifNull": ["$revoked_sessions", []]},
             "cond": {"$gt": ["$$this.until", now]},
         }
     }
-    # One pipeline update: drop the entries whose tokens have all expired, append this one.
+    # One pipeline update: drop the entries whose tokens have all expired, append this one
+    # (and give a user written before sessions existed its epoch, as the migration would).
     await User.get_pymongo_collection().update_one(
         {"_id": user_id},
         [
@@ -132,7 +137,8 @@ async def end_session(user_id: PydanticObjectId, session_id: str, settings: Sett
                 "$set": {
                     "revoked_sessions": {
                         "$concatArrays": [kept, [{"sid": session_id, "until": until}]]
-                    }
+                    },
+                    "session_epoch": {"$ifNull": ["$session_epoch", 0]},
                 }
             }
         ],
@@ -140,35 +146,64 @@ async def end_session(user_id: PydanticObjectId, session_id: str, settings: Sett
 
 
 async def end_all_sessions(
-    user_id: PydanticObjectId, *, also_set: dict[str, Any] | None = None
+    user_id: PydanticObjectId,
+    *,
+    unchanged: User | None = None,
+    also_set: dict[str, Any] | None = None,
 ) -> User | None:
-    """End every session of a user; return the user as it now is (None if it is gone).
+    """End every session of a user; return the user as it now is.
 
     Raising the epoch is what ends them, in one write that can also set other fields (a new
     password hash); marking the refresh tokens revoked afterwards is for whoever reads them.
+    With `unchanged`, the write happens only if the user's epoch and password hash are still
+    those of that copy: a request that checked the password against it must not act after
+    the password changed or every session ended in the meantime. None if nothing matched
+    (or the user is gone).
     """
+    match: dict[str, Any] = {"_id": user_id}
+    if unchanged is not None:
+        match |= {
+            "session_epoch": unchanged.session_epoch,
+            "hashed_password": unchanged.hashed_password,
+        }
     raw = await User.get_pymongo_collection().find_one_and_update(
-        {"_id": user_id},
+        match,
         {"$inc": {"session_epoch": 1}, "$set": {"revoked_sessions": [], **(also_set or {})}},
         return_document=ReturnDocument.AFTER,
     )
+    if raw is None:
+        return None
     await RefreshToken.get_pymongo_collection().update_many(
         {"user_id": user_id, "revoked_at": None}, {"$set": {"revoked_at": utc_now()}}
     )
-    return None if raw is None else User.model_validate(raw)
+    return User.model_validate(raw)
 
 
-async def delete_account(user: User) -> None:
+async def delete_account(user: User) -> bool:
     """Delete a user with their posts, every vote on those posts, their votes, their sessions.
 
     Vote counts are counted from the votes collection on every read, so removing the user's
     votes is what corrects the counts of other users' posts. The order makes a retry safe:
     sessions end first (a failure later leaves an account that can log in and delete again),
     the posts go before the votes on them (a vote cannot land on a post that is going), and
-    the user document goes last.
+    the user document goes last. False, and nothing deleted, if the password changed or every
+    session ended since `user` was read.
     """
     user_id = id_of(user)
-    await end_all_sessions(user_id)
+    if await end_all_sessions(user_id, unchanged=user) is None:
+        return False
+    await _delete_content(user_id)
+    await RefreshToken.get_pymongo_collection().delete_many({"user_id": user_id})
+    await LoginAttempt.get_pymongo_collection().delete_many({"key": email_key(user.email)})
+    await User.get_pymongo_collection().delete_one({"_id": user_id})
+    # A request of this user that was authenticated before the sessions ended may still have
+    # written a post or vote since; without transactions, a second pass is what sweeps it up.
+    await _delete_content(user_id)
+    return True
+
+
+async def _delete_content(user_id: PydanticObjectId) -> None:
+    """The user's posts, the votes on them, and the user's votes."""
     posts = Post.get_pymongo_collection()
     post_ids = [row["_id"] async for row in posts.find({"owner_id": user_id}, {"_id": 1})]
     await posts.delete_many({"owner_id": user_id})
@@ -176,9 +211,6 @@ async def delete_account(user: User) -> None:
     await votes.delete_many({"user_id": user_id})
     for start in range(0, len(post_ids), 1000):  # keeps each command well under 16 MB
         await votes.delete_many({"post_id": {"$in": post_ids[start : start + 1000]}})
-    await RefreshToken.get_pymongo_collection().delete_many({"user_id": user_id})
-    await LoginAttempt.get_pymongo_collection().delete_many({"key": email_key(user.email)})
-    await User.get_pymongo_collection().delete_one({"_id": user_id})
 
 
 async def _revoke_family(user_id: PydanticObjectId, session_id: str, now: datetime) -> None:

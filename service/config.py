@@ -102,14 +102,30 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
+        networks: list[str] = []
         for item in value:
             try:
-                ipaddress.ip_network(item, strict=False)
+                network = ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(
                     f"{item!r} is not an IP address or network (such as 10.0.0.0/8)"
                 ) from None
-        return value
+            # In canonical form (10.1.2.3/8 is 10.0.0.0/8): uvicorn's matcher would take a
+            # network with host bits for a literal that never matches.
+            networks.append(str(network))
+        return networks
+
+    @property
+    def trusted_proxy_networks(self) -> list[str]:
+        """TRUSTED_PROXIES, each IPv4 network also as a dual-stack listener reports its peers
+        (::ffff:10.0.0.1)."""
+        networks = list(self.trusted_proxies)
+        for item in self.trusted_proxies:
+            network = ipaddress.ip_network(item)
+            if isinstance(network, ipaddress.IPv4Network):
+                mapped = ipaddress.IPv6Address(f"::ffff:{network.network_address}")
+                networks.append(f"{mapped}/{96 + network.prefixlen}")
+        return networks
 
     @property
     def embedded(self) -> bool:

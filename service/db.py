@@ -208,8 +208,8 @@ ADDED_FIELDS: dict[str, dict[str, Any]] = {
 
 
 async def migrate(database: Database) -> None:
-    """Give documents written before a field existed that field's value, so that the
-    validators, which require every field, accept their next update."""
+    """Give documents written before a field existed that field's value, so that what
+    mongosh or an export shows is what the API reads."""
     for name, fields in ADDED_FIELDS.items():
         for field, value in fields.items():
             result = await database[name].update_many(
@@ -262,13 +262,17 @@ _BSON_TYPES: dict[type, str | list[str]] = {
 def validator_schema(document: type[Document]) -> dict[str, Any]:
     """A `$jsonSchema` for the document's collection, derived from its model's fields.
 
-    Every stored field is required and typed as Pydantic declares it, with the same string
-    lengths, so a document written by hand (mongosh, Compass, an import) that the API could not
-    read is refused by MongoDB itself. Extra fields are allowed, as MongoDB's default is.
+    Every stored field is typed as Pydantic declares it, with the same string lengths, and
+    required, so a document written by hand (mongosh, Compass, an import) that the API could
+    not read is refused by MongoDB itself. Extra fields are allowed, as MongoDB's default is.
+    Fields added after a collection's first release (ADDED_FIELDS) are typed but not
+    required: during a rolling upgrade the processes still running the older version go on
+    writing documents without them, which the model reads with their defaults.
     """
     schema = _object_schema(document, skip=("id", "revision_id"))  # Beanie stores no revision
     schema["properties"] = {"_id": {"bsonType": "objectId"}, **schema["properties"]}
-    schema["required"] = ["_id", *schema["required"]]
+    added = ADDED_FIELDS.get(document.Settings.name, {})
+    schema["required"] = ["_id", *(name for name in schema["required"] if name not in added)]
     return {"bsonType": "object", "title": document.__name__, **schema}
 
 

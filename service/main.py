@@ -82,7 +82,12 @@ async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
     errors = []
     for error in exc.errors():
         error = dict(error)
-        if any(_is_secret(part) for part in error.get("loc", ())):
+        whole_body = tuple(error.get("loc", ())) == ("body",)
+        if any(_is_secret(part) for part in error.get("loc", ())) or (
+            # A body that is not an object (a form, a bare string) is echoed whole, and may
+            # be `password=...`: nothing of it comes back.
+            whole_body and not isinstance(error.get("input"), dict)
+        ):
             error.pop("input", None)
         elif "input" in error:
             error["input"] = _redact(error["input"])
@@ -172,7 +177,7 @@ def create_app(
         # that the trusted proxy names in X-Forwarded-For, and never a forged one: the header
         # is read only from a peer in TRUSTED_PROXIES. Servers must not rewrite the client
         # themselves (`social-api serve` and the image run uvicorn with proxy headers off).
-        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_networks)
     app.add_exception_handler(RequestValidationError, validation_failed)
     app.add_exception_handler(ConnectionFailure, database_unavailable)
     app.add_exception_handler(ExecutionTimeout, database_unavailable)

@@ -61,7 +61,12 @@ def verify_password_sync(password: str, hashed: str | None, rounds: int) -> bool
     """
     if hashed is not None:
         try:
-            return bool(_verifier.verify(password, hashed))
+            if _verifier.verify(password, hashed):
+                return True
+            if not needs_rehash(hashed, rounds):
+                return False
+            # A cheaper hash from before BCRYPT_ROUNDS rose: top the failure up to the cost of
+            # an unknown email's, or its speed would tell that the account exists.
         except ValueError:  # passlib's size and value errors, unencodable text, a bad hash
             pass
     _verifier.verify("not the password", _dummy_hash(rounds))

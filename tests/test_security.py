@@ -133,3 +133,32 @@ def test_token_missing_a_claim_is_rejected(missing):
 )
 def test_needs_rehash_only_for_a_lower_cost(hashed, rounds, expected):
     assert security.needs_rehash(hashed, rounds) is expected
+
+
+class CountingVerifier:
+    def __init__(self, inner):
+        self.inner = inner
+        self.hashes: list[str] = []
+
+    def verify(self, password, hashed):
+        self.hashes.append(hashed)
+        return self.inner.verify(password, hashed)
+
+
+@pytest.mark.parametrize(
+    ("stored_rounds", "password", "checks"),
+    [(6, "wrong password", 2), (6, "right password", 1), (5, "wrong password", 1)],
+    ids=["cheaper-hash-wrong", "cheaper-hash-right", "same-cost-wrong"],
+)
+def test_a_wrong_password_on_a_cheaper_hash_costs_what_an_unknown_email_costs(
+    monkeypatch, stored_rounds, password, checks
+):
+    """After BCRYPT_ROUNDS rose, a failure on an old hash also checks the dummy hash."""
+    stored = security.hash_password_sync("right password", stored_rounds)
+    counter = CountingVerifier(security._verifier)
+    monkeypatch.setattr(security, "_verifier", counter)
+    ok = security.verify_password_sync(password, stored, 5 if stored_rounds == 5 else 8)
+    assert ok is (password == "right password")
+    assert len(counter.hashes) == checks
+    if checks == 2:
+        assert counter.hashes[1] == security._dummy_hash(8)

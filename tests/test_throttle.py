@@ -12,7 +12,7 @@ from service.config import Settings
 from service.main import create_app
 from service.models import LoginAttempt
 from service.throttle import address_key, email_key
-from tests.conftest import TEST_SECRET_KEY, running_server
+from tests.conftest import TEST_SECRET_KEY, make_settings, running_server
 from tests.factories import DEFAULT_PASSWORD, bearer, create_user, login_pair, unique_email
 
 THROTTLED = {"detail": "Too many failed login attempts"}
@@ -152,25 +152,35 @@ def test_address_keys_group_ipv6_by_64_and_unwrap_mapped_ipv4():
 
 
 def test_trusted_proxies_must_be_addresses_or_networks(monkeypatch):
-    monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1")
-    assert Settings(_env_file=None).trusted_proxies == ["10.0.0.0/8", "192.0.2.1"]
+    monkeypatch.setenv("TRUSTED_PROXIES", "10.1.2.3/8, 192.0.2.1, 2001:db8::/32")
+    configured = Settings(_env_file=None)
+    # Canonical networks: uvicorn's matcher would never match 10.1.2.3/8 as written.
+    assert configured.trusted_proxies == ["10.0.0.0/8", "192.0.2.1/32", "2001:db8::/32"]
+    assert "::ffff:10.0.0.0/104" in configured.trusted_proxy_networks
     monkeypatch.setenv("TRUSTED_PROXIES", "proxy.example.com")
     with pytest.raises(ValidationError, match="not an IP address or network"):
         Settings(_env_file=None)
 
 
 async def test_a_trusted_proxy_names_the_client(settings, restore_beanie):
-    proxied = settings.model_copy(
-        update={"trusted_proxies": ["10.0.0.0/8"], "login_max_failures_per_address": 3}
+    proxied = make_settings(
+        settings.mongodb_url or "",
+        settings.mongodb_db,
+        trusted_proxies="10.1.2.3/8",  # host bits set: taken as 10.0.0.0/8
+        login_max_failures_per_address=3,
     )
     app = create_app(proxied)
     async with LifespanManager(app):
         proxy = httpx.ASGITransport(app=app, client=("10.1.2.3", 4000))
+        dual_stack = httpx.ASGITransport(app=app, client=("::ffff:10.9.9.9", 4000))
         stranger = httpx.ASGITransport(app=app, client=("198.51.100.7", 4000))
         async with (
             httpx.AsyncClient(transport=proxy, base_url="http://t") as via_proxy,
+            httpx.AsyncClient(transport=dual_stack, base_url="http://t") as via_mapped,
             httpx.AsyncClient(transport=stranger, base_url="http://t") as direct,
         ):
+            mapped = {"X-Forwarded-For": "203.0.113.7"}
+            assert (await attempt(via_mapped, unique_email(), **mapped)).status_code == 403
             spoof = {"X-Forwarded-For": "203.0.113.5"}
             for _ in range(3):
                 assert (await attempt(via_proxy, unique_email(), **spoof)).status_code == 403
@@ -183,7 +193,12 @@ async def test_a_trusted_proxy_names_the_client(settings, restore_beanie):
             assert (await attempt(direct, unique_email(), **other_client)).status_code == 429
         rows = await LoginAttempt.get_pymongo_collection().find().to_list()
         keys = {row["key"] for row in rows}
-        assert {"address:203.0.113.5", "address:203.0.113.6", "address:198.51.100.7"} <= keys
+        assert {
+            "address:203.0.113.5",
+            "address:203.0.113.6",
+            "address:203.0.113.7",
+            "address:198.51.100.7",
+        } <= keys
 
 
 async def test_two_api_processes_share_sessions_and_the_throttle(client, settings, tmp_path):

@@ -74,8 +74,10 @@ async def update_password(
     """Change your password: every session ends, and this answer starts a new one."""
     await check_password(user, password_in.current_password, request, settings)
     hashed = await hash_password(password_in.new_password, settings)
-    changed = await accounts.end_all_sessions(id_of(user), also_set={"hashed_password": hashed})
-    if changed is None:  # deleted while the hash was being made
+    changed = await accounts.end_all_sessions(
+        id_of(user), unchanged=user, also_set={"hashed_password": hashed}
+    )
+    if changed is None:  # the password changed, sessions ended or the user went meanwhile
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, deps.INVALID_CREDENTIALS, headers=deps.BEARER
         )
@@ -88,7 +90,10 @@ async def delete_user_me(
 ) -> None:
     """Delete your account, your posts, the votes on them and yours, and your sessions."""
     await check_password(user, deletion_in.password, request, settings)
-    await accounts.delete_account(user)
+    if not await accounts.delete_account(user):  # the password changed or sessions ended
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, deps.INVALID_CREDENTIALS, headers=deps.BEARER
+        )
 
 
 @router.get(
