@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test browser test-browser check-docker login-timing lint format clean
+.PHONY: run test browser test-browser check-docker login-timing fuzz soak lint format clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' || \
@@ -48,6 +48,14 @@ check-docker: $(VENV)/.stamp-dev
 # Unknown email against wrong password: the medians of 20 failed logins each, bcrypt cost 12.
 login-timing: $(VENV)/.stamp-test
 	$(BIN)/python bench/login_timing.py
+
+# Schema fuzzing with many more examples per operation than the suite's (SCHEMA_EXAMPLES).
+fuzz: $(VENV)/.stamp-test
+	SCHEMA_EXAMPLES=$${SCHEMA_EXAMPLES:-500} $(BIN)/python -m pytest tests/test_schema.py $(PYTEST_ARGS)
+
+# 60 s of mixed traffic against `social-api serve` on loopback, then a consistency check.
+soak: $(VENV)/.stamp-test
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .
