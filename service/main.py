@@ -8,20 +8,24 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from beanie.exceptions import CollectionWasNotInitialized
-from fastapi import FastAPI, Request, status
+from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, ExecutionTimeout
 from pymongo.monitoring import CommandListener
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import db, docs, logs, security
 from service.config import Settings, get_settings
 from service.headers import SecurityHeadersMiddleware
+from service.limits import BodySizeLimitMiddleware
 from service.routers import auth, posts, users, votes
 
 logger = logging.getLogger(__name__)
@@ -97,6 +101,30 @@ async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    """405 with an `Allow` header that lists every method the path answers.
+
+    Starlette names only the methods of the first route whose path matched, so `DELETE
+    /users/me` would look unsupported to an `OPTIONS /users/me` caller."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
+        return await http_exception_handler(request, exc)
+    methods = _methods_of(request.url.path, request.app.router.routes)
+    headers = {"Allow": ", ".join(sorted(methods))} if methods else exc.headers
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+def _methods_of(path: str, routes: Sequence[BaseRoute]) -> set[str]:
+    methods: set[str] = set()
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's include_router
+        if isinstance(included, APIRouter):
+            methods |= _methods_of(path, included.routes)
+        elif isinstance(route, Route) and route.path_regex.match(path):
+            methods |= route.methods or set()
+    return methods
+
+
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.error("MongoDB unavailable on %s %s: %r", request.method, request.url.path, exc)
     return JSONResponse(
@@ -157,10 +185,14 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
+        # Operation ids are the handlers' names (`read_posts`, `login`): stable and readable.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.command_listeners = command_listeners
-    app.add_middleware(UnhandledErrorMiddleware)  # added first: the innermost of them
+    # Added first: the innermost, so their answers pass through the headers middlewares too.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(UnhandledErrorMiddleware)
     if settings.cors_origins:
         # Bearer tokens, not cookies: no credentials mode, so no origin can ride a session.
         app.add_middleware(
@@ -179,6 +211,7 @@ def create_app(
         # themselves (`social-api serve` and the image run uvicorn with proxy headers off).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_networks)
     app.add_exception_handler(RequestValidationError, validation_failed)
+    app.add_exception_handler(StarletteHTTPException, method_not_allowed)
     app.add_exception_handler(ConnectionFailure, database_unavailable)
     app.add_exception_handler(ExecutionTimeout, database_unavailable)
     # Until the first connection succeeds, Beanie's documents are not bound to a collection.

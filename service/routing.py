@@ -5,8 +5,9 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request, Response, status
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -29,6 +30,10 @@ def _needs_user(dependant: Dependant) -> bool:
     return any(
         sub.call is get_current_session or _needs_user(sub) for sub in dependant.dependencies
     )
+
+
+def _has_body(dependant: Dependant) -> bool:
+    return bool(dependant.body_params) or any(_has_body(sub) for sub in dependant.dependencies)
 
 
 def _no_constants(name: str) -> Any:
@@ -77,13 +82,58 @@ class StrictJSONRequest(Request):
         return self._json
 
 
+BEARER_HEADER = {
+    "WWW-Authenticate": {"description": "Always `Bearer`", "schema": {"type": "string"}}
+}
+RETRY_AFTER_HEADER = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
+}
+UNAUTHENTICATED: dict[str, Any] = {
+    "model": ErrorDetail,
+    "description": "No token, or one that is invalid, expired, revoked or of a deleted user",
+    "headers": BEARER_HEADER,
+}
+UNAVAILABLE: dict[str, Any] = {
+    "model": ErrorDetail,
+    "description": "MongoDB is unreachable; try again after Retry-After seconds",
+    "headers": RETRY_AFTER_HEADER,
+}
+TOO_LARGE: dict[str, Any] = {
+    "model": ErrorDetail,
+    "description": "The body is larger than MAX_BODY_BYTES",
+}
+
+
+def contract_responses(path: str, endpoint: Callable[..., Any], responses: Responses) -> Responses:
+    """The route's own error responses plus those every route of its kind can answer, so that
+    the OpenAPI document names every status a client may see: 401 (with WWW-Authenticate) on
+    protected routes, 413 on routes with a body, 503 on all of them (they all use MongoDB)."""
+    dependant = get_dependant(path=path, call=endpoint)
+    extra: Responses = {status.HTTP_503_SERVICE_UNAVAILABLE: UNAVAILABLE}
+    if _needs_user(dependant):
+        extra[status.HTTP_401_UNAUTHORIZED] = UNAUTHENTICATED
+    if _has_body(dependant):  # JSON bodies, and forms (login's comes from a dependency)
+        extra[status.HTTP_413_CONTENT_TOO_LARGE] = TOO_LARGE
+    merged = dict(responses)
+    for code, entry in extra.items():
+        merged[code] = {**entry, **merged.get(code, {})}
+        if "headers" in entry:
+            merged[code]["headers"] = {**entry["headers"], **merged[code].get("headers", {})}
+    return merged
+
+
 class ContractRoute(APIRoute):
     """Strict JSON bodies, and 401 (not 422) when an unauthenticated request is also malformed.
 
     FastAPI parses a JSON body before it runs any dependency, and collects path errors after
     them, so without the second rule a caller with no token could learn how the body or path
-    is checked. Only a failing request pays for the second look at the token.
+    is checked. Only a failing request pays for the second look at the token. The OpenAPI
+    document also learns the errors every such route can answer (`contract_responses`).
     """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        kwargs["responses"] = contract_responses(path, endpoint, kwargs.get("responses") or {})
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

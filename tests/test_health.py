@@ -115,13 +115,14 @@ async def test_openapi_document_describes_the_contract(app):
     }
     feed = spec["paths"]["/posts/"]["get"]["responses"]
     assert "X-Total-Count" in feed["200"]["headers"]
-    assert set(spec["paths"]["/posts/{post_id}"]["put"]["responses"]) == {
-        "200",
-        "401",
-        "403",
-        "404",
-        "422",
-    }
+    put = spec["paths"]["/posts/{post_id}"]["put"]
+    assert put["operationId"] == "update_post"
+    assert set(put["responses"]) == {"200", "401", "403", "404", "413", "422", "503"}
+    assert "WWW-Authenticate" in put["responses"]["401"]["headers"]
+    assert "Retry-After" in put["responses"]["503"]["headers"]
+    operation_ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(operation_ids) == len(set(operation_ids))
+    assert "read_posts" in operation_ids and "login" in operation_ids
     login = spec["paths"]["/login"]["post"]["requestBody"]["content"]
     assert "application/x-www-form-urlencoded" in login
     assert spec["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]["password"] == {

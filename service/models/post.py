@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Self
 
 from beanie import Document, Indexed, PydanticObjectId
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 from pymongo import DESCENDING, IndexModel
 
 from service.models.base import utc_now
@@ -26,7 +26,8 @@ FEED_ORDER = {"created_at": -1, "_id": -1}
 class PostBase(BaseModel):
     title: Title
     content: Content
-    published: bool = True
+    # Strict: JSON true or false only; 0, 1 or "true" are 422, as the schema says.
+    published: Annotated[bool, Strict()] = True
 
 
 class Post(Document, PostBase):

@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 
 from service.models.base import utc_now
@@ -44,7 +45,25 @@ def _check_password(password: str) -> str:
 
 # Emails are one account whatever their case: trimmed before validation, lower-cased after.
 NormalizedEmail = Annotated[EmailStr, BeforeValidator(_strip), AfterValidator(str.lower)]
-Password = Annotated[str, AfterValidator(_check_password)]
+# The JSON schema says what it can: JSON Schema counts characters, not the UTF-8 bytes that
+# bcrypt counts, so the 72-byte rule is in the description (and the validator).
+Password = Annotated[
+    str,
+    AfterValidator(_check_password),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": PASSWORD_MIN_CHARS,
+            "maxLength": PASSWORD_MAX_BYTES,
+            "pattern": "^[^\\u0000]*$",
+            "description": (
+                f"At least {PASSWORD_MIN_CHARS} characters and at most {PASSWORD_MAX_BYTES} "
+                "bytes in UTF-8; no NUL character"
+            ),
+            "examples": ["correct horse battery"],
+        }
+    ),
+]
 
 _email = TypeAdapter(NormalizedEmail)
 

@@ -15,7 +15,7 @@ from service.deps import (
 )
 from service.models import LogoutRequest, RefreshRequest, RefreshToken, TokenPair, User, id_of
 from service.models.user import normalize_email
-from service.routing import CollectionRouter, Responses, error
+from service.routing import BEARER_HEADER, CollectionRouter, Responses, error
 from service.security import digest_refresh_token, hash_password, needs_rehash, verify_password
 
 router = CollectionRouter(tags=["Authentication"])
@@ -61,7 +61,12 @@ async def login(
 
 @router.post(
     "/auth/refresh",
-    responses={status.HTTP_401_UNAUTHORIZED: error("Unknown, expired, used or revoked token")},
+    responses={
+        status.HTTP_401_UNAUTHORIZED: {
+            **error("Unknown, expired, used or revoked refresh token"),
+            "headers": BEARER_HEADER,
+        }
+    },
 )
 async def refresh_tokens(refresh_in: RefreshRequest, settings: SettingsDep) -> TokenPair:
     """Exchange a refresh token for a new pair; the old refresh token is used up.
