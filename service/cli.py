@@ -4,11 +4,13 @@ import asyncio
 import logging
 import os
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -117,6 +119,10 @@ def serve(
             logger.warning("\n%s", db.embedded_banner(store))
     except (ConfigurationError, OSError) as error:
         fail(str(error))
+    # uvicorn shuts down gracefully on SIGTERM (in-flight requests finish), then sends the
+    # signal to itself again; by default that would kill this process before the `finally`
+    # below closes the embedded store. Here it ends the process normally instead.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         uvicorn.run(
             "service.main:create_app",
@@ -133,6 +139,10 @@ def serve(
     finally:
         if store is not None:
             store.stop()
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 @app.command("create-user")

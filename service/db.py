@@ -19,6 +19,7 @@ from pathlib import Path
 from types import UnionType
 from typing import IO, Any, Literal, Union, get_args, get_origin
 
+import pymongo
 from beanie import Document, PydanticObjectId, init_beanie
 from beanie.odm.utils.typing import get_index_attributes
 from pydantic import BaseModel
@@ -33,6 +34,7 @@ from service.models import DOCUMENTS
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
+INITIALISE_TIMEOUT_S = 600.0
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 5.0
 EMBEDDED_DB_FILE = "embedded.sqlite"
@@ -173,11 +175,15 @@ def embedded_banner(store: EmbeddedStore) -> str:
 
 @asynccontextmanager
 async def connect(
-    settings: Settings, listeners: Sequence[CommandListener] = ()
+    settings: Settings, listeners: Sequence[CommandListener] = (), *, bounded: bool = False
 ) -> AsyncIterator[Database]:
     """Open the client (and the embedded store if there is no URL); close both on exit.
 
     `listeners` see every command the client sends (tests and the benchmark count them).
+    `bounded` (the API's client) limits every operation to MONGODB_TIMEOUT_MS, with PyMongo's
+    client-side operation timeout: a MongoDB that accepts connections but stops answering
+    gets a 503 in that time rather than a request that hangs. The admin commands, whose
+    batches may take longer, are not bounded.
     """
     store: EmbeddedStore | None = None
     url = settings.mongodb_url or settings.embedded_store_url
@@ -189,6 +195,7 @@ async def connect(
         url,
         tz_aware=True,
         serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
+        timeoutMS=settings.mongodb_timeout_ms if bounded else None,
         appname="social-api",
         event_listeners=list(listeners),
     )
@@ -222,10 +229,17 @@ async def migrate(database: Database) -> None:
 
 
 async def initialise(database: Database) -> None:
-    """Migrations, validators, then Beanie (which creates the indexes)."""
-    await migrate(database)
-    await apply_validators(database)
-    await init_beanie(database=database, document_models=list(DOCUMENTS))
+    """Migrations, validators, then Beanie (which creates the indexes).
+
+    Building an index on a large collection can take minutes: that runs under a deadline of
+    its own, whatever the client's per-operation timeout, once a ping has shown (within the
+    client's usual timeouts) that MongoDB answers at all.
+    """
+    await database.command("ping")
+    with pymongo.timeout(INITIALISE_TIMEOUT_S):
+        await migrate(database)
+        await apply_validators(database)
+        await init_beanie(database=database, document_models=list(DOCUMENTS))
 
 
 async def initialise_when_reachable(database: Database, done: asyncio.Event) -> None:

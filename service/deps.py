@@ -12,6 +12,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from service.config import Settings
 from service.models import Post, PostOut, User, id_of
+from service.models.base import IdIn
 from service.security import TokenClaims, decode_access_token
 from service.throttle import Attempt, TooManyAttempts, begin_attempt
 
@@ -76,7 +77,7 @@ async def get_current_user(session: CurrentSession) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-async def get_visible_post(post_id: PydanticObjectId, user: CurrentUser) -> PostOut:
+async def get_visible_post(post_id: IdIn, user: CurrentUser) -> PostOut:
     """The post with its owner and votes; someone else's draft does not exist (404)."""
     post = await Post.read_one(post_id, id_of(user))
     if post is None:
@@ -84,7 +85,7 @@ async def get_visible_post(post_id: PydanticObjectId, user: CurrentUser) -> Post
     return post
 
 
-async def get_owned_post(post_id: PydanticObjectId, user: CurrentUser) -> Post:
+async def get_owned_post(post_id: IdIn, user: CurrentUser) -> Post:
     """A post the caller may change: 404 if it does not exist for them, then 403 if not theirs."""
     post = await Post.get(post_id)
     if post is None or not post.is_visible_to(id_of(user)):

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from pymongo.errors import ConnectionFailure, ExecutionTimeout
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 from pymongo.monitoring import CommandListener
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Route
@@ -42,7 +42,7 @@ class Status(BaseModel):
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings.with_secret_key()
     app.state.settings = settings
-    async with db.connect(settings, app.state.command_listeners) as database:
+    async with db.connect(settings, app.state.command_listeners, bounded=True) as database:
         app.state.database = database
         app.state.initialised = initialised = asyncio.Event()
         retry: asyncio.Task[None] | None = None
@@ -123,6 +123,14 @@ def _methods_of(path: str, routes: Sequence[BaseRoute]) -> set[str]:
         elif isinstance(route, Route) and route.path_regex.match(path):
             methods |= route.methods or set()
     return methods
+
+
+async def database_timed_out(request: Request, exc: Exception) -> JSONResponse:
+    """A request's database work that ran out of MONGODB_TIMEOUT_MS is a 503 as well; any
+    other driver error is a fault of ours and goes on to the 500."""
+    if isinstance(exc, PyMongoError) and exc.timeout:
+        return await database_unavailable(request, exc)
+    raise exc
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -214,6 +222,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, method_not_allowed)
     app.add_exception_handler(ConnectionFailure, database_unavailable)
     app.add_exception_handler(ExecutionTimeout, database_unavailable)
+    app.add_exception_handler(PyMongoError, database_timed_out)
     # Until the first connection succeeds, Beanie's documents are not bound to a collection.
     app.add_exception_handler(CollectionWasNotInitialized, database_unavailable)
 

@@ -1,8 +1,31 @@
 """What the documents share."""
 
+import re
 from datetime import UTC, datetime
+from typing import Annotated
 
 from beanie import Document, PydanticObjectId
+from pydantic import BeforeValidator, WithJsonSchema
+
+_HEX_ID = re.compile(r"[0-9a-fA-F]{24}")
+
+
+def _hex_id(value: object) -> object:
+    # Beanie's own type would take bytes, an ObjectId, or None (for which it makes a new id!);
+    # from a client only the 24 hex digits are an id.
+    if not isinstance(value, str) or not _HEX_ID.fullmatch(value):
+        raise ValueError("must be an id of 24 hexadecimal digits")
+    return value
+
+
+# An id as a client sends it, in a path or a body: 24 hex digits (either case), else 422.
+IdIn = Annotated[
+    PydanticObjectId,
+    BeforeValidator(_hex_id),
+    WithJsonSchema(
+        {"type": "string", "pattern": "^[0-9a-fA-F]{24}$", "examples": ["6b05fd523f23202455a49a96"]}
+    ),
+]
 
 
 def utc_now() -> datetime:

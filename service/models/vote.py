@@ -7,14 +7,11 @@ from beanie import Document, PydanticObjectId
 from pydantic import BaseModel, BeforeValidator, Field
 from pymongo import ASCENDING, IndexModel
 
-from service.models.base import utc_now
+from service.models.base import IdIn, utc_now
 
 
-class VoteBase(BaseModel):
+class Vote(Document):
     post_id: PydanticObjectId
-
-
-class Vote(Document, VoteBase):
     user_id: PydanticObjectId
     created_at: datetime = Field(default_factory=utc_now)
 
@@ -37,7 +34,8 @@ def _exact_int(value: object) -> object:
     return value
 
 
-class VoteCreate(VoteBase):
+class VoteCreate(BaseModel):
+    post_id: IdIn
     dir: Annotated[Literal[0, 1], BeforeValidator(_exact_int)] = Field(
         description="1 adds the caller's vote, 0 takes it back"
     )

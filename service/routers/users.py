@@ -1,6 +1,5 @@
 """Users: register, and read yourself or anyone by id."""
 
-from beanie import PydanticObjectId
 from fastapi import HTTPException, Request, status
 from pymongo.errors import DuplicateKeyError
 
@@ -15,6 +14,7 @@ from service.models import (
     UserPublic,
     id_of,
 )
+from service.models.base import IdIn
 from service.routers.auth import INVALID_CREDENTIALS, THROTTLED
 from service.routing import CollectionRouter, Responses, error
 from service.security import hash_password, verify_password
@@ -100,7 +100,7 @@ async def delete_user_me(
     "/{user_id}",
     responses={**UNAUTHORIZED, status.HTTP_404_NOT_FOUND: error("No such user")},
 )
-async def read_user(user_id: PydanticObjectId, _: CurrentUser) -> UserPublic:
+async def read_user(user_id: IdIn, _: CurrentUser) -> UserPublic:
     """Any user's public profile."""
     user = await User.get(user_id)
     if user is None:

@@ -1,0 +1,326 @@
+"""The hostile input catalogue: each entry answers a 4xx with a JSON body and changes no data.
+
+Operator objects and wrong types in every field of every JSON body, operator-looking and
+pattern-looking query values, bodies over MAX_BODY_BYTES, wrong content types and invalid
+UTF-8. "No data changed" is checked on every collection that holds data or sessions, before
+and after (failed logins are the throttle's to count, so login_attempts is left out).
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.factories import DEFAULT_PASSWORD, LoggedInUser, create_post, create_user
+
+OPERATORS: dict[str, Any] = {
+    "ne-null": {"$ne": None},
+    "gt-empty": {"$gt": ""},
+    "where": {"$where": "sleep(1000) || true"},
+    "regex": {"$regex": ".*"},
+    "in": {"$in": ["a", "b"]},
+}
+# Wrong JSON types: every field of every body is a string, a boolean or an integer.
+WRONG_TYPES: dict[str, Any] = {
+    "array": ["x"],
+    "object": {"a": 1},
+    "number": 12345,
+    "float": 1.5,
+    "true": True,
+    "null": None,
+}
+NOT_A_STRING = {**OPERATORS, **{k: v for k, v in WRONG_TYPES.items() if k != "null"}}
+NOT_A_BOOL = {**OPERATORS, "string": "true", "one": 1, "zero": 0, "array": [True]}
+NOT_0_OR_1 = {**OPERATORS, "string": "1", "true": True, "float": 1.0, "two": 2, "minus": -1}
+DATA = ("users", "posts", "votes", "refresh_tokens")
+
+
+@dataclass
+class World:
+    user: LoggedInUser
+    post_id: str
+
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient) -> World:
+    user = await create_user(client)
+    post = await create_post(client, user)
+    return World(user=user, post_id=post["id"])
+
+
+async def snapshot(app: FastAPI) -> dict[str, list[dict[str, Any]]]:
+    database = app.state.database
+    return {name: await database[name].find().sort("_id", 1).to_list() for name in DATA}
+
+
+@pytest.fixture
+async def unchanged(app: FastAPI, world: World) -> AsyncIterator[None]:
+    """Fails the test if any data or session document changed during it."""
+    before = await snapshot(app)
+    yield
+    assert await snapshot(app) == before
+
+
+def assert_json_4xx(response: httpx.Response, *expected: int) -> None:
+    assert response.status_code in (expected or range(400, 500)), response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert "detail" in response.json()
+
+
+def good_bodies(world: World) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """A valid body for each JSON operation: (method, path, body)."""
+    return {
+        "register": ("POST", "/users/", {"email": "new@example.com", "password": "p" * 10}),
+        "create-post": ("POST", "/posts/", {"title": "t", "content": "c", "published": True}),
+        "update-post": (
+            "PUT",
+            f"/posts/{world.post_id}",
+            {"title": "t2", "content": "c2", "published": False},
+        ),
+        "vote": ("POST", "/vote/", {"post_id": world.post_id, "dir": 1}),
+        "refresh": ("POST", "/auth/refresh", {"refresh_token": world.user.refresh_token}),
+        "logout": ("POST", "/logout", {"refresh_token": world.user.refresh_token}),
+        "password": (
+            "PUT",
+            "/users/me/password",
+            {"current_password": DEFAULT_PASSWORD, "new_password": "another secret"},
+        ),
+        "delete-me": ("DELETE", "/users/me", {"password": DEFAULT_PASSWORD}),
+    }
+
+
+# (operation, field, the bad values for it)
+FIELDS = [
+    ("register", "email", NOT_A_STRING | {"null": None}),
+    ("register", "password", NOT_A_STRING | {"null": None}),
+    ("create-post", "title", NOT_A_STRING | {"null": None}),
+    ("create-post", "content", NOT_A_STRING | {"null": None}),
+    ("create-post", "published", NOT_A_BOOL | {"null": None}),
+    ("update-post", "title", NOT_A_STRING | {"null": None}),
+    ("update-post", "published", NOT_A_BOOL),
+    ("vote", "post_id", NOT_A_STRING | {"null": None, "short": "abc", "not-hex": "g" * 24}),
+    ("vote", "dir", NOT_0_OR_1 | {"null": None}),
+    ("refresh", "refresh_token", NOT_A_STRING | {"null": None}),
+    ("logout", "refresh_token", NOT_A_STRING),  # null is allowed: the field is optional
+    ("password", "current_password", NOT_A_STRING | {"null": None}),
+    ("password", "new_password", NOT_A_STRING | {"null": None}),
+    ("delete-me", "password", NOT_A_STRING | {"null": None}),
+]
+CASES = [
+    pytest.param(operation, field, value, id=f"{operation}-{field}-{name}")
+    for operation, field, values in FIELDS
+    for name, value in values.items()
+]
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(("operation", "field", "value"), CASES)
+async def test_a_hostile_value_in_any_field_is_422(client, world, operation, field, value):
+    method, path, body = good_bodies(world)[operation]
+    response = await client.request(
+        method, path, json={**body, field: value}, headers=world.user.headers
+    )
+    assert_json_4xx(response, 422)
+    assert any(error["loc"][-1] == field for error in response.json()["detail"])
+
+
+# Not logout: every field of its body is optional, so any object (or null, or no body) is
+# an ordinary logout (see tests/test_sessions.py).
+OPERATIONS = ["register", "create-post", "update-post", "vote", "refresh", "password", "delete-me"]
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize(
+    "body",
+    [["a"], "text", 42, None, {"$where": "1"}],
+    ids=["array", "string", "number", "null", "operator-only"],
+)
+async def test_a_body_that_is_not_the_expected_object_is_422(client, world, operation, body):
+    method, path, _ = good_bodies(world)[operation]
+    response = await client.request(method, path, json=body, headers=world.user.headers)
+    assert_json_4xx(response, 422)
+
+
+async def test_operator_keys_beside_the_fields_are_ignored_not_applied(client, world, app):
+    body = {
+        "title": "mine",
+        "content": "c",
+        "owner_id": "0" * 24,
+        "$set": {"owner_id": "0" * 24},
+        "votes": 1000,
+    }
+    response = await client.post("/posts/", json=body, headers=world.user.headers)
+    assert response.status_code == 201
+    assert response.json()["owner_id"] == world.user.id
+    stored = await app.state.database["posts"].find_one({"title": "mine"})
+    assert set(stored) == {"_id", "title", "content", "published", "created_at", "owner_id"}
+    read = await client.get(f"/posts/{response.json()['id']}", headers=world.user.headers)
+    assert read.json()["votes"] == 0
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(
+    "search",
+    [".*", "(", "[a-", "\\", "a{1000000}", "$where", '{"$ne": null}', "^", "|", "\x00", "é" * 300],
+    ids=[
+        "dot-star",
+        "paren",
+        "bracket",
+        "backslash",
+        "quantifier",
+        "dollar",
+        "json-op",
+        "caret",
+        "pipe",
+        "nul",
+        "300-multibyte",
+    ],
+)
+async def test_pattern_and_operator_text_in_search_is_matched_literally(client, world, search):
+    response = await client.get("/posts/", params={"search": search}, headers=world.user.headers)
+    assert response.status_code == 200
+    assert response.json() == []
+    assert response.headers["x-total-count"] == "0"
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize("length", [301, 10_000, 50_000])
+async def test_a_search_too_long_is_422(client, world, length):
+    response = await client.get(
+        "/posts/", params={"search": "a" * length}, headers=world.user.headers
+    )
+    assert_json_4xx(response, 422)
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=%7B%22%24gt%22%3A0%7D",  # limit={"$gt":0}
+        "skip=%7B%22%24ne%22%3Anull%7D",
+        "limit=1e3",
+        "limit=true",
+        "skip=-1",
+        "limit=0",
+        "limit=101",
+        "skip=99999999999999999999",
+    ],
+)
+async def test_operator_and_wrong_type_paging_values_are_422(client, world, query):
+    response = await client.get(f"/posts/?{query}", headers=world.user.headers)
+    assert_json_4xx(response, 422)
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_bracketed_operator_parameters_are_unknown_parameters(client, world):
+    response = await client.get(
+        "/posts/?search[$ne]=x&limit[$gt]=0&published[$ne]=true", headers=world.user.headers
+    )
+    assert response.status_code == 200
+    assert [item["Post"]["id"] for item in response.json()] == [world.post_id]
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(
+    "path", ["/posts/%7B%22%24ne%22%3Anull%7D", "/posts/$ne", "/users/%7B%7D", "/posts/" + "a" * 25]
+)
+async def test_operator_text_in_a_path_id_is_422(client, world, path):
+    response = await client.get(path, headers=world.user.headers)
+    assert_json_4xx(response, 422)
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/posts/"), ("POST", "/users/"), ("POST", "/vote/"), ("POST", "/login")],
+)
+async def test_a_body_over_the_limit_is_413_before_it_is_read(client, world, method, path):
+    if path == "/login":
+        big, content_type = (
+            b"username=a&password=" + b"x" * (1024 * 1024),
+            "application/x-www-form-urlencoded",
+        )
+    else:
+        big, content_type = (
+            b'{"title": "' + b"x" * (1024 * 1024) + b'", "content": "c"}',
+            "application/json",
+        )
+    declared = await client.request(
+        method,
+        path,
+        content=big,
+        headers={**world.user.headers, "Content-Type": content_type},
+    )
+    assert_json_4xx(declared, 413)
+    assert "larger than the limit of 1048576 bytes" in declared.json()["detail"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for start in range(0, len(big), 64 * 1024):
+            yield big[start : start + 64 * 1024]
+
+    streamed = await client.request(
+        method,
+        path,
+        content=chunks(),
+        headers={**world.user.headers, "Content-Type": content_type},
+    )
+    assert_json_4xx(streamed, 413)
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(
+    ("path", "content_type", "content"),
+    [
+        ("/posts/", "text/plain", b'{"title": "t", "content": "c"}'),
+        ("/posts/", "application/x-www-form-urlencoded", b"title=t&content=c"),
+        ("/posts/", "multipart/form-data; boundary=x", b"--x--"),
+        ("/users/", "application/xml", b"<user/>"),
+        ("/vote/", "text/plain", b"post_id=1&dir=1"),
+        ("/login", "application/json", b'{"username": "a@example.com", "password": "x"}'),
+    ],
+    ids=["post-text", "post-form", "post-multipart", "user-xml", "vote-text", "login-json"],
+)
+async def test_a_wrong_content_type_is_422(client, world, path, content_type, content):
+    response = await client.post(
+        path, content=content, headers={**world.user.headers, "Content-Type": content_type}
+    )
+    assert_json_4xx(response, 422)
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/users/"),
+        ("POST", "/vote/"),
+        ("PUT", "/users/me/password"),
+        ("POST", "/auth/refresh"),
+    ],
+)
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\xfd", b'{"email": "\xc3\x28@example.com", "password": "x"}', b"\xed\xa0\x80"],
+    ids=["garbage", "bad-continuation", "encoded-surrogate"],
+)
+async def test_invalid_utf8_bodies_are_422(client, world, method, path, content):
+    response = await client.request(
+        method,
+        path,
+        content=content,
+        headers={**world.user.headers, "Content-Type": "application/json"},
+    )
+    assert_json_4xx(response, 422)
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+async def test_deeply_nested_json_is_422(client, world, depth):
+    body = b'{"title": ' + b"[" * depth + b"]" * depth + b', "content": "c"}'
+    response = await client.post(
+        "/posts/", content=body, headers={**world.user.headers, "Content-Type": "application/json"}
+    )
+    assert_json_4xx(response, 422)
