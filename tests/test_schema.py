@@ -12,6 +12,7 @@ SCHEMA_EXAMPLES sets the examples per operation (`make fuzz` runs 500).
 import os
 import uuid
 
+import jsonschema
 import pytest
 import schemathesis
 from beanie import init_beanie
@@ -22,7 +23,17 @@ from schemathesis.python.asgi import get_client
 
 from service.config import Settings
 from service.main import create_app
-from service.models import DOCUMENTS
+from service.models import (
+    DOCUMENTS,
+    AccountDeletion,
+    LogoutRequest,
+    PasswordChange,
+    PostCreate,
+    PostUpdate,
+    RefreshRequest,
+    UserCreate,
+    VoteCreate,
+)
 from tests.conftest import make_settings
 
 EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "25"))
@@ -102,3 +113,31 @@ schemathesis.openapi.format(
     "email",
     st.emails(domains=st.sampled_from(["example.com", "example.org", "mail.example.net"])),
 )
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        UserCreate,
+        PostCreate,
+        PostUpdate,
+        VoteCreate,
+        RefreshRequest,
+        LogoutRequest,
+        PasswordChange,
+        AccountDeletion,
+    ],
+)
+def test_every_request_example_is_valid(model):
+    """The examples Swagger UI offers validate against the document and the model alike."""
+    document = FUZZ_APP.openapi()
+    component = document["components"]["schemas"][model.__name__]
+    examples = component["examples"]
+    assert examples
+    validator = jsonschema.Draft202012Validator(
+        {**component, "components": document["components"]},
+        format_checker=jsonschema.FormatChecker(),
+    )
+    for example in examples:
+        validator.validate(example)
+        model.model_validate(example)

@@ -143,11 +143,21 @@ def _with_owner_and_votes() -> list[dict[str, Any]]:
 
 
 class PostCreate(PostBase):
-    pass
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"title": "Hello MongoDB", "content": "My first post", "published": True}]
+        }
+    )
 
 
 class PostUpdate(PostBase):
     """PUT replaces the post: a field left out takes its default, as on create."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"title": "Hello MongoDB", "content": "My first post", "published": True}]
+        }
+    )
 
 
 class PostPublic(PostBase):

@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, ClassVar
 
 from beanie import Document, Indexed, PydanticObjectId
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, IndexModel
 
 REFRESH_TOKEN_MAX = 512  # ours are 43 characters; anything far longer is not one
@@ -66,8 +66,20 @@ class TokenPair(BaseModel):
 
 
 class RefreshRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"refresh_token": "Yb3kQ9w1m0c2VnN5c2hvcnQtbGl2ZWQtZXhhbXBsZXRva2Vu"}]
+        }
+    )
+
     refresh_token: Annotated[str, Field(min_length=1, max_length=REFRESH_TOKEN_MAX)]
 
 
 class LogoutRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"refresh_token": "Yb3kQ9w1m0c2VnN5c2hvcnQtbGl2ZWQtZXhhbXBsZXRva2Vu"}]
+        }
+    )
+
     refresh_token: Annotated[str, Field(min_length=1, max_length=REFRESH_TOKEN_MAX)] | None = None

@@ -113,16 +113,37 @@ class User(Document, UserBase):
 
 
 class UserCreate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"email": "alice@example.com", "password": "correct horse battery"}]
+        }
+    )
+
     email: NormalizedEmail
     password: Password
 
 
 class PasswordChange(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "current_password": "correct horse battery",
+                    "new_password": "staple battery horse",
+                }
+            ]
+        }
+    )
+
     current_password: str
     new_password: Password
 
 
 class AccountDeletion(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"password": "correct horse battery"}]}
+    )
+
     password: str
 
 

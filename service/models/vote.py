@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from beanie import Document, PydanticObjectId
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pymongo import ASCENDING, IndexModel
 
 from service.models.base import IdIn, utc_now
@@ -35,6 +35,10 @@ def _exact_int(value: object) -> object:
 
 
 class VoteCreate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"post_id": "6b05fd523f23202455a49a96", "dir": 1}]}
+    )
+
     post_id: IdIn
     dir: Annotated[Literal[0, 1], BeforeValidator(_exact_int)] = Field(
         description="1 adds the caller's vote, 0 takes it back"
