@@ -22,6 +22,7 @@ from typing import IO, Any, Literal, Union, get_args, get_origin
 import pymongo
 from beanie import Document, PydanticObjectId, init_beanie
 from beanie.odm.utils.typing import get_index_attributes
+from bson import ObjectId
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
@@ -130,13 +131,12 @@ class EmbeddedStore:
 
     async def _serve(self) -> None:
         # Imported here: only the embedded mode needs the emulator loaded.
-        from mongoeco.engines.memory import MemoryEngine
-        from mongoeco.engines.sqlite import SQLiteEngine
         from mongoeco.wire.proxy import AsyncMongoEcoProxyServer
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        engine = MemoryEngine() if self.path is None else SQLiteEngine(str(self.path))
+        memory_engine, sqlite_engine = _engines()
+        engine = memory_engine() if self.path is None else sqlite_engine(str(self.path))
         server = AsyncMongoEcoProxyServer(
             engine=engine,
             host="127.0.0.1",
@@ -151,6 +151,41 @@ class EmbeddedStore:
             await self._stop.wait()
         finally:
             await server.close()
+
+
+def _engines() -> tuple[type[Any], type[Any]]:
+    """mongoeco's two engines, without a full scan of the collection on every insert.
+
+    mongoeco 4.11 checks each document inserted alone (and its wire server inserts one at a
+    time) against every stored `_id` by value, so that ids equal as numbers but stored
+    differently (1 and 1.0) collide. That makes each insert cost O(collection size): tens of
+    milliseconds at ten thousand posts, minutes for a seed. An ObjectId has one stored form,
+    so the engine's own lookup by storage key already finds its duplicate; for ObjectId ids
+    (every id this service writes) the scan is skipped, for any other id it still runs.
+    `tests/test_embedded.py` checks that a duplicate ObjectId is still refused.
+    """
+    from mongoeco.engines.memory import MemoryEngine
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    class ScanFreeMemoryEngine(MemoryEngine):
+        def _ensure_unique_indexes(
+            self, db_name: str, coll_name: str, candidate: dict[str, Any], *args: Any, **kwargs: Any
+        ) -> None:
+            if isinstance(candidate.get("_id"), ObjectId):
+                kwargs["scan_payload_id"] = False
+            super()._ensure_unique_indexes(db_name, coll_name, candidate, *args, **kwargs)
+
+    class ScanFreeSQLiteEngine(SQLiteEngine):
+        def _validate_document_against_unique_indexes(
+            self, db_name: str, coll_name: str, document: dict[str, Any], **kwargs: Any
+        ) -> None:
+            if isinstance(document.get("_id"), ObjectId):
+                kwargs["scan_payload_id"] = False
+            super()._validate_document_against_unique_indexes(
+                db_name, coll_name, document, **kwargs
+            )
+
+    return ScanFreeMemoryEngine, ScanFreeSQLiteEngine
 
 
 def embedded_banner(store: EmbeddedStore) -> str:

@@ -8,6 +8,9 @@ import subprocess
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from bson import ObjectId
+from pymongo import MongoClient
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.config import ConfigurationError, Settings
 from service.db import EMBEDDED_DB_FILE, EMBEDDED_LOCK_FILE, EmbeddedStore
@@ -174,3 +177,26 @@ def test_workers_share_one_embedded_store(tmp_path):
             check=False,
         ).stdout.split()
         assert len(workers) == 2
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_the_embedded_store_still_refuses_duplicate_ids(data_dir, storage):
+    """Its engines skip mongoeco's by-value scan of every _id for ObjectIds (service/db.py);
+    a duplicate ObjectId must still be refused, and other ids still get the full check."""
+    store = EmbeddedStore(storage, data_dir)
+    url = store.start()
+    try:
+        with MongoClient(url) as client:
+            things = client["dup"]["things"]
+            oid = ObjectId()
+            things.insert_one({"_id": oid})
+            with pytest.raises(DuplicateKeyError):
+                things.insert_one({"_id": oid})
+            with pytest.raises(BulkWriteError):
+                things.insert_many([{"_id": ObjectId()}, {"_id": oid}])
+            things.insert_one({"_id": 1})
+            with pytest.raises(DuplicateKeyError):
+                things.insert_one({"_id": 1.0})  # equal as a number: the scan still runs
+            assert things.count_documents({}) == 3
+    finally:
+        store.stop()
