@@ -101,8 +101,9 @@ async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def method_not_allowed(request: Request, exc: Exception) -> Response:
-    """405 with an `Allow` header that lists every method the path answers.
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's JSON answer to an HTTPException; a 405 with an `Allow` header that lists every
+    method the path answers.
 
     Starlette names only the methods of the first route whose path matched, so `DELETE
     /users/me` would look unsupported to an `OPTIONS /users/me` caller."""
@@ -219,7 +220,7 @@ def create_app(
         # themselves (`social-api serve` and the image run uvicorn with proxy headers off).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_networks)
     app.add_exception_handler(RequestValidationError, validation_failed)
-    app.add_exception_handler(StarletteHTTPException, method_not_allowed)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ConnectionFailure, database_unavailable)
     app.add_exception_handler(ExecutionTimeout, database_unavailable)
     app.add_exception_handler(PyMongoError, database_timed_out)
