@@ -4,9 +4,9 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Self
 
-from beanie import Document, Indexed, PydanticObjectId
+from beanie import Document, PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
-from pymongo import DESCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from service.models.base import utc_now
 from service.models.user import User, UserPublic
@@ -32,14 +32,17 @@ class PostBase(BaseModel):
 
 class Post(Document, PostBase):
     created_at: datetime = Field(default_factory=utc_now)
-    # Who owns it: serves "my drafts" in the feed filter and ownership lookups.
-    owner_id: Annotated[PydanticObjectId, Indexed()]
+    owner_id: PydanticObjectId  # who owns it; see the indexes below
 
     class Settings:
         name = "posts"
+        # The feed is `published: true OR owner_id: <viewer>`, newest first. Each branch of
+        # that $or has an index that also holds the feed's order, so MongoDB reads both in
+        # order and merges them (SORT_MERGE): no collection scan, no in-memory sort, whatever
+        # the page. The owner_id index also serves ownership lookups and account deletion.
         indexes: ClassVar[list[IndexModel]] = [
-            # Serves the feed's sort, and so every page of it, without an in-memory sort.
-            IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)]),
+            IndexModel([("published", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]),
+            IndexModel([("owner_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]),
         ]
 
     def is_visible_to(self, user_id: PydanticObjectId) -> bool:

@@ -1,0 +1,213 @@
+"""Every query the service sends is served by a declared index.
+
+A workload that touches every route runs with a PyMongo command listener; each command's
+query shape (the fields it filters on, sorts by, or joins on) is then matched to an index
+the documents declare. The emulator has no `explain()` worth reading, so this is the check:
+a new query on an unindexed field fails here, on any store.
+"""
+
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+from pymongo import monitoring
+
+from service.db import declared_indexes
+from service.main import create_app
+from service.models import DOCUMENTS
+from tests.factories import DEFAULT_PASSWORD, bearer, create_post, create_user, login_pair
+
+# Commands that carry a query, and where it is.
+QUERY_OF = {
+    "find": lambda c: [c.get("filter", {})],
+    "findAndModify": lambda c: [c.get("query", {})],
+    "update": lambda c: [u["q"] for u in c.get("updates", [])],
+    "delete": lambda c: [d["q"] for d in c.get("deletes", [])],
+    "count": lambda c: [c.get("query", {})],
+}
+IGNORED = {
+    "insert",
+    "ping",
+    "hello",
+    "isMaster",
+    "endSessions",
+    "listIndexes",
+    "createIndexes",
+    "listCollections",
+    "create",
+    "collMod",
+    "buildInfo",
+    "getMore",
+    "killCursors",
+}
+
+
+class Recorder(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def index_keys() -> dict[str, list[list[str]]]:
+    """Each collection's indexes, as lists of field names, `_id` included."""
+    return {
+        document.Settings.name: [
+            ["_id"],
+            *([k for k, _ in keys] for keys in declared_indexes(document)),
+        ]
+        for document in DOCUMENTS
+    }
+
+
+def equality_fields(query: dict[str, Any]) -> list[set[str]]:
+    """The alternatives a query can be served by: a set of top-level fields for each branch
+    of an `$or` (every branch must be indexed), or the query's own fields."""
+    if "$or" in query:
+        return [field for branch in query["$or"] for field in equality_fields(branch)]
+    fields: set[str] = set()
+    for key, value in query.items():
+        if key == "$and":
+            for part in value:
+                for alternative in equality_fields(part):
+                    fields |= alternative
+        elif not key.startswith("$"):
+            fields.add(key)
+    return [fields]
+
+
+def served(fields: set[str], indexes: list[list[str]]) -> bool:
+    """An index serves a query whose fields include the index's first field."""
+    return not fields or any(index[0] in fields for index in indexes)
+
+
+def shapes(commands: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, Any]]:
+    """(collection, what, fields) for every query, sort and join the commands contain."""
+    found: list[tuple[str, str, Any]] = []
+    for name, command in commands:
+        if name in IGNORED or name not in {*QUERY_OF, "aggregate"}:
+            continue
+        collection = command[name]
+        if name == "aggregate":
+            found += pipeline_shapes(collection, command["pipeline"])
+            continue
+        for query in QUERY_OF[name](command):
+            found += [(collection, "filter", fields) for fields in equality_fields(query)]
+        if command.get("sort"):
+            matched = set().union(*equality_fields(command.get("filter", {})))
+            found.append((collection, "sort", (list(command["sort"]), matched)))
+    return found
+
+
+def pipeline_shapes(collection: str, pipeline: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    found: list[tuple[str, str, Any]] = []
+    matched: set[str] = set()
+    for position, stage in enumerate(pipeline):
+        if "$match" in stage and position == 0:
+            alternatives = equality_fields(stage["$match"])
+            found += [(collection, "filter", fields) for fields in alternatives]
+            matched = set().union(*alternatives)
+        if "$sort" in stage:
+            found.append((collection, "sort", (list(stage["$sort"]), matched)))
+        if "$lookup" in stage:
+            lookup = stage["$lookup"]
+            found.append((lookup["from"], "filter", {lookup["foreignField"]}))
+        if "$facet" in stage:
+            for branch in stage["$facet"].values():
+                found += pipeline_shapes(collection, [{"$noop": 1}, *branch])
+    return found
+
+
+def sort_served(sort: list[str], matched: set[str], indexes: list[list[str]]) -> bool:
+    """An index serves a sort if it holds the sort's fields in order, after fields the query
+    matches on (the feed's `published` or `owner_id`)."""
+    return any(
+        index[start : start + len(sort)] == sort and set(index[:start]) <= matched
+        for index in indexes
+        for start in range(len(index))
+    )
+
+
+async def run_every_route(client: httpx.AsyncClient) -> None:
+    ann, bob = await create_user(client), await create_user(client)
+    post = await create_post(client, ann)
+    draft = await create_post(client, bob, published=False)
+    await client.post("/login", data={"username": ann.email, "password": "wrong password"})
+    await client.get("/posts/", headers=bob.headers)
+    await client.get("/posts/?search=post&limit=100&skip=1", headers=bob.headers)
+    await client.get(f"/posts/{post['id']}", headers=bob.headers)
+    await client.get(f"/users/{ann.id}", headers=bob.headers)
+    await client.get("/users/me", headers=bob.headers)
+    await client.put(
+        f"/posts/{draft['id']}", headers=bob.headers, json={"title": "t", "content": "c"}
+    )
+    await client.post("/vote/", headers=bob.headers, json={"post_id": post["id"], "dir": 1})
+    await client.post("/vote/", headers=ann.headers, json={"post_id": draft["id"], "dir": 1})
+    await client.post("/vote/", headers=bob.headers, json={"post_id": post["id"], "dir": 0})
+    pair = (await client.post("/auth/refresh", json={"refresh_token": ann.refresh_token})).json()
+    await client.post("/auth/refresh", json={"refresh_token": ann.refresh_token})  # a replay
+    other = await login_pair(client, bob.email)
+    await client.post("/logout", headers=bearer(other["access_token"]))
+    await client.put(
+        "/users/me/password",
+        headers=bob.headers,
+        json={"current_password": DEFAULT_PASSWORD, "new_password": "a brand new secret"},
+    )
+    fresh = await login_pair(client, bob.email, "a brand new secret")
+    await client.post("/logout/all", headers=bearer(fresh["access_token"]))
+    ann_again = await login_pair(client, ann.email)
+    await client.delete(f"/posts/{post['id']}", headers=bearer(ann_again["access_token"]))
+    await client.request(
+        "DELETE",
+        "/users/me",
+        headers=bearer(ann_again["access_token"]),
+        json={"password": DEFAULT_PASSWORD},
+    )
+    assert pair["access_token"]
+
+
+async def test_every_query_of_every_route_is_served_by_a_declared_index(settings, restore_beanie):
+    recorder = Recorder()
+    app = create_app(settings, command_listeners=[recorder])
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            recorder.commands.clear()  # start-up's own commands are not queries
+            await run_every_route(client)
+    indexes = index_keys()
+    found = shapes(recorder.commands)
+    assert {collection for collection, _, _ in found} >= {
+        "users",
+        "posts",
+        "votes",
+        "refresh_tokens",
+        "login_attempts",
+    }
+    unserved = []
+    for collection, what, fields in found:
+        if what == "filter" and not served(set(fields), indexes[collection]):
+            unserved.append((collection, sorted(fields)))
+        if what == "sort" and not sort_served(*fields, indexes[collection]):
+            unserved.append((collection, f"sort {fields[0]}"))
+    assert unserved == []
+
+
+def test_the_shape_check_can_fail():
+    """A filter on a field no index starts with, and a sort no index has, are reported."""
+    indexes = index_keys()
+    assert not served({"content"}, indexes["posts"])
+    assert not served({"title", "created_at"}, indexes["posts"])
+    assert served({"owner_id", "title"}, indexes["posts"])
+    found = shapes([("find", {"find": "posts", "filter": {"title": "x"}, "sort": {"title": 1}})])
+    assert found == [("posts", "filter", {"title"}), ("posts", "sort", (["title"], {"title"}))]
+    assert not sort_served(["title"], {"title"}, indexes["posts"])
+    # The feed's order is held after `published`, so only a query matching on it is served.
+    assert sort_served(["created_at", "_id"], {"published"}, indexes["posts"])
+    assert not sort_served(["created_at", "_id"], {"title"}, indexes["posts"])
