@@ -198,5 +198,22 @@ def test_the_embedded_store_still_refuses_duplicate_ids(data_dir, storage):
             with pytest.raises(DuplicateKeyError):
                 things.insert_one({"_id": 1.0})  # equal as a number: the scan still runs
             assert things.count_documents({}) == 3
+            # A compound unique index (as votes have) is checked by lookup: still unique.
+            pairs = client["dup"]["pairs"]
+            pairs.create_index([("a", 1), ("b", 1)], unique=True)
+            a, b = ObjectId(), ObjectId()
+            first = pairs.insert_one({"a": a, "b": b}).inserted_id
+            pairs.insert_one({"a": a, "b": ObjectId()})
+            with pytest.raises(DuplicateKeyError):
+                pairs.insert_one({"a": a, "b": b})
+            with pytest.raises(BulkWriteError):
+                pairs.insert_many([{"a": ObjectId(), "b": b}, {"a": a, "b": b}])
+            other = pairs.insert_one({"a": ObjectId(), "b": ObjectId()}).inserted_id
+            with pytest.raises(DuplicateKeyError):
+                pairs.update_one({"_id": other}, {"$set": {"a": a, "b": b}})
+            pairs.update_one({"_id": first}, {"$set": {"a": a, "b": b, "c": 1}})  # itself
+            pairs.delete_one({"_id": first})
+            pairs.insert_one({"a": a, "b": b})  # free again once deleted
+            assert pairs.count_documents({"a": a}) == 2
     finally:
         store.stop()
