@@ -1,7 +1,9 @@
 """Security headers on every response."""
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from service.asgi import HTTPMiddleware
 
 # nosniff: browsers must not guess a JSON body is HTML or script. no-referrer: URLs (with ids
 # in them) do not leak to other sites. DENY: no page may frame the API or its docs.
@@ -20,14 +22,8 @@ def headers_for(path: str, has_authorization: bool) -> dict[str, str]:
     return {**SECURITY_HEADERS, **({"Cache-Control": "no-store"} if private else {})}
 
 
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class SecurityHeadersMiddleware(HTTPMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         wanted = headers_for(
             scope["path"], any(name == b"authorization" for name, _ in scope["headers"])
         )

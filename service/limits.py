@@ -5,6 +5,8 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.asgi import HTTPMiddleware
+
 TOO_LARGE = 413
 
 
@@ -12,7 +14,7 @@ def _message(max_bytes: int) -> str:
     return f"Request body is larger than the limit of {max_bytes} bytes"
 
 
-class BodySizeLimitMiddleware:
+class BodySizeLimitMiddleware(HTTPMiddleware):
     """Refuse a body larger than `max_bytes` with 413, before any of it is parsed.
 
     A declared Content-Length over the limit is refused at once; a body without one (chunked)
@@ -21,13 +23,10 @@ class BodySizeLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send)

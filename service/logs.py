@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from service.asgi import HTTPMiddleware
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is kept only if it is short and plain, so it cannot forge log lines or
@@ -97,17 +99,11 @@ def configure(level: str, fmt: Literal["json", "text"]) -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
-class RequestLogMiddleware:
+class RequestLogMiddleware(HTTPMiddleware):
     """Give each request an id (the caller's `X-Request-ID` or a new one), return it in the
     response header, and log one line when the request ends."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = (
             dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
         )

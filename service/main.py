@@ -19,10 +19,11 @@ from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 from pymongo.monitoring import CommandListener
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import db, docs, logs, security
+from service.asgi import HTTPMiddleware
 from service.config import Settings, get_settings
 from service.headers import SecurityHeadersMiddleware
 from service.limits import BodySizeLimitMiddleware
@@ -143,7 +144,7 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
     )
 
 
-class UnhandledErrorMiddleware:
+class UnhandledErrorMiddleware(HTTPMiddleware):
     """Answer an unhandled error with a JSON 500, inside the app's own middlewares.
 
     Starlette would answer it in text/plain from its outermost layer, past the middlewares
@@ -151,13 +152,7 @@ class UnhandledErrorMiddleware:
     like any other response, and the error is logged once, with its request id.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watch(message: Message) -> None:
