@@ -36,6 +36,8 @@ from service.security import (
 )
 from service.throttle import email_key
 
+BATCH = 1000  # ids per command, which keeps each command well under 16 MB
+
 logger = logging.getLogger(__name__)
 
 REVOCATION_LEEWAY = timedelta(minutes=5)
@@ -182,8 +184,8 @@ async def end_all_sessions(
 async def delete_account(user: User) -> bool:
     """Delete a user with their posts, every vote on those posts, their votes, their sessions.
 
-    Vote counts are counted from the votes collection on every read, so removing the user's
-    votes is what corrects the counts of other users' posts. The order makes a retry safe:
+    Each of the user's votes on other users' posts is taken back with its count. The order
+    makes a retry safe:
     sessions end first (a failure later leaves an account that can log in and delete again),
     the posts go before the votes on them (a vote cannot land on a post that is going), and
     the user document goes last. False, and nothing deleted, if the password changed or every
@@ -203,14 +205,25 @@ async def delete_account(user: User) -> bool:
 
 
 async def _delete_content(user_id: PydanticObjectId) -> None:
-    """The user's posts, the votes on them, and the user's votes."""
+    """The user's posts, the votes on them, and the user's votes (with the counts they made)."""
     posts = Post.get_pymongo_collection()
     post_ids = [row["_id"] async for row in posts.find({"owner_id": user_id}, {"_id": 1})]
     await posts.delete_many({"owner_id": user_id})
     votes = Vote.get_pymongo_collection()
-    await votes.delete_many({"user_id": user_id})
-    for start in range(0, len(post_ids), 1000):  # keeps each command well under 16 MB
-        await votes.delete_many({"post_id": {"$in": post_ids[start : start + 1000]}})
+    for start in range(0, len(post_ids), BATCH):
+        await votes.delete_many({"post_id": {"$in": post_ids[start : start + BATCH]}})
+    # Each of the user's votes is taken back one by one, so that the count goes down exactly
+    # once per vote deleted here, even when the user's own request takes the same vote back
+    # at the same moment (one of the two deletes it, and only that one counts it).
+    counted: list[PydanticObjectId] = []
+    async for row in votes.find({"user_id": user_id}, {"post_id": 1}):
+        if await votes.find_one_and_delete({"_id": row["_id"]}, projection={"_id": 1}):
+            counted.append(row["post_id"])
+    # One vote per user and post: each post in the list lost exactly one vote.
+    for start in range(0, len(counted), BATCH):
+        await posts.update_many(
+            {"_id": {"$in": counted[start : start + BATCH]}}, {"$inc": {"votes": -1}}
+        )
 
 
 async def _revoke_family(user_id: PydanticObjectId, session_id: str, now: datetime) -> None:

@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -27,8 +28,10 @@ from rich.table import Table
 
 from service import db, logs, security
 from service.config import ConfigurationError, Settings
+from service.derived import derive_post_fields
 from service.models import DATA_DOCUMENTS, DOCUMENTS, Post, User, UserCreate, Vote
 from service.models.base import utc_now
+from service.models.post import PostOwner
 
 app = typer.Typer(
     help="The Social API: serve it, and manage its MongoDB data.",
@@ -209,35 +212,29 @@ def seed(
             # One hash for all: hashing each demo user at full cost would take minutes.
             hashed = await security.hash_password(password, settings)
             now = utc_now()
+            demo_users = [
+                User(email=f"demo{n}@example.com", hashed_password=hashed)
+                for n in range(1, users + 1)
+            ]
+            # Votes are drawn first so that each post is written with its count.
+            pairs = rng.sample(range(users * posts), votes)
+            counts = Counter(i // users for i in pairs)
             with Progress(console=console) as progress:
-                user_ids = await insert(
-                    progress,
-                    "users",
-                    (
-                        User(
-                            email=f"demo{n}@example.com",
-                            hashed_password=hashed,
-                        )
-                        for n in range(1, users + 1)
-                    ),
-                    users,
-                )
-                post_ids = await insert(
-                    progress,
-                    "posts",
-                    (
-                        Post(
-                            title=" ".join(rng.choices(WORDS, k=rng.randint(2, 6))).capitalize(),
-                            content=" ".join(rng.choices(WORDS, k=rng.randint(10, 60))),
-                            published=rng.random() < 0.9,
-                            owner_id=rng.choice(user_ids),
-                            created_at=now - timedelta(seconds=rng.randint(0, 30 * 86_400)),
-                        )
-                        for _ in range(posts)
-                    ),
-                    posts,
-                )
-                pairs = rng.sample(range(users * posts), votes)
+                user_ids = await insert(progress, "users", demo_users, users)
+
+                def demo_post(number: int) -> Post:
+                    owner = rng.randrange(users)
+                    return Post(
+                        title=" ".join(rng.choices(WORDS, k=rng.randint(2, 6))).capitalize(),
+                        content=" ".join(rng.choices(WORDS, k=rng.randint(10, 60))),
+                        published=rng.random() < 0.9,
+                        owner_id=user_ids[owner],
+                        owner=PostOwner.model_validate(demo_users[owner], from_attributes=True),
+                        created_at=now - timedelta(seconds=rng.randint(0, 30 * 86_400)),
+                        votes=counts[number],
+                    )
+
+                post_ids = await insert(progress, "posts", map(demo_post, range(posts)), posts)
                 await insert(
                     progress,
                     "votes",
@@ -358,8 +355,27 @@ def import_data(
                             "were inserted"
                         )
                 typer.echo(f"{name}: {len(documents)} documents imported")
+            # The files may come from different moments (or from mongoexport): each post's
+            # owner and vote count are derived from what was imported, not taken on trust.
+            changed = await derive_post_fields(connected)
+            typer.echo(f"posts: {changed} owners or vote counts derived")
 
     run(load)
+
+
+@app.command()
+def recount() -> None:
+    """Derive every post's owner and vote count again from users and votes (a repair)."""
+    settings = load_settings()
+
+    async def derive() -> None:
+        async with database(settings) as connected:
+            started = time.perf_counter()
+            changed = await derive_post_fields(connected)
+            seconds = time.perf_counter() - started
+            typer.echo(f"posts: {changed} corrected in {seconds:.1f} s")
+
+    run(derive)
 
 
 @app.command()

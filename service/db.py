@@ -30,6 +30,7 @@ from pymongo.errors import CollectionInvalid, ConnectionFailure, OperationFailur
 from pymongo.monitoring import CommandListener
 
 from service.config import ConfigurationError, Settings, private_dir
+from service.derived import derive_post_fields
 from service.models import DOCUMENTS
 
 logger = logging.getLogger(__name__)
@@ -316,11 +317,16 @@ async def connect(
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "users": {"session_epoch": 0, "revoked_sessions": []},
 }
+# Fields added later whose value is derived from other collections (service/derived.py).
+DERIVED_FIELDS: dict[str, tuple[str, ...]] = {"posts": ("owner", "votes")}
 
 
 async def migrate(database: Database) -> None:
     """Give documents written before a field existed that field's value, so that what
     mongosh or an export shows is what the API reads."""
+    changed = await derive_post_fields(database, only_lacking=True)
+    if changed:
+        logger.warning("Migrated posts: %d got their owner and vote count", changed)
     for name, fields in ADDED_FIELDS.items():
         for field, value in fields.items():
             result = await database[name].update_many(
@@ -383,14 +389,15 @@ def validator_schema(document: type[Document]) -> dict[str, Any]:
     Every stored field is typed as Pydantic declares it, with the same string lengths, and
     required, so a document written by hand (mongosh, Compass, an import) that the API could
     not read is refused by MongoDB itself. Extra fields are allowed, as MongoDB's default is.
-    Fields added after a collection's first release (ADDED_FIELDS) are typed but not
-    required: during a rolling upgrade the processes still running the older version go on
-    writing documents without them, which the model reads with their defaults.
+    Fields added after a collection's first release (ADDED_FIELDS, DERIVED_FIELDS) are typed
+    but not required: during a rolling upgrade the processes still running the older version
+    go on writing documents without them, which the model reads with their defaults.
     """
     schema = _object_schema(document, skip=("id", "revision_id"))  # Beanie stores no revision
     schema["properties"] = {"_id": {"bsonType": "objectId"}, **schema["properties"]}
-    added = ADDED_FIELDS.get(document.Settings.name, {})
-    schema["required"] = ["_id", *(name for name in schema["required"] if name not in added)]
+    collection = document.Settings.name
+    later = {*ADDED_FIELDS.get(collection, {}), *DERIVED_FIELDS.get(collection, ())}
+    schema["required"] = ["_id", *(name for name in schema["required"] if name not in later)]
     return {"bsonType": "object", "title": document.__name__, **schema}
 
 

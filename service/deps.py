@@ -79,10 +79,10 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 async def get_visible_post(post_id: IdIn, user: CurrentUser) -> PostOut:
     """The post with its owner and votes; someone else's draft does not exist (404)."""
-    post = await Post.read_one(post_id, id_of(user))
-    if post is None:
+    post = await Post.get(post_id)
+    if post is None or not post.is_visible_to(id_of(user)):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"post with id: {post_id} was not found")
-    return post
+    return PostOut.of(post)
 
 
 async def get_owned_post(post_id: IdIn, user: CurrentUser) -> Post:

@@ -5,9 +5,10 @@ import stat
 import subprocess
 import sys
 import uuid
+from collections import Counter
 
 import pytest
-from bson import ObjectId
+from bson import ObjectId, json_util
 from pymongo import MongoClient
 from typer.testing import CliRunner
 
@@ -87,6 +88,60 @@ def test_seed_makes_what_it_is_asked_for(use_db, mongodb_url):
     again = runner.invoke(cli, args)
     assert again.exit_code == 1
     assert "already has demo users" in again.output
+
+
+def test_seed_writes_each_post_with_its_owner_and_vote_count(use_db, mongodb_url):
+    name = use_db()
+    result = runner.invoke(cli, ["seed", "--users", "6", "--posts", "25", "--votes", "60"])
+    assert result.exit_code == 0, result.output
+    data = raw(mongodb_url, name)
+    users = {u["_id"]: u for u in data["users"]}
+    counts = Counter(v["post_id"] for v in data["votes"])
+    for post in data["posts"]:
+        owner = users[post["owner_id"]]
+        assert post["owner"] == {"email": owner["email"], "created_at": owner["created_at"]}
+        assert post["votes"] == counts[post["_id"]]
+
+
+def test_recount_repairs_counts_and_owners_and_reports_them(use_db, mongodb_url):
+    name = use_db()
+    seeded = runner.invoke(cli, ["seed", "--users", "4", "--posts", "10", "--votes", "20"])
+    assert seeded.exit_code == 0, seeded.output
+    before = raw(mongodb_url, name)["posts"]
+    voted = [post["_id"] for post in before if post["votes"]]
+    with MongoClient(mongodb_url) as client:
+        posts = client[name]["posts"]
+        # As a crash between a vote's two writes would leave them.
+        posts.update_one({"_id": voted[0]}, {"$inc": {"votes": 1}})
+        posts.update_one({"_id": voted[1]}, {"$set": {"votes": 0}})
+        # As a process of an older version writes it: the migration on connecting derives it.
+        posts.update_one({"_id": voted[2]}, {"$unset": {"owner": "", "votes": ""}})
+    result = runner.invoke(cli, ["recount"])
+    assert result.exit_code == 0, result.output
+    assert "posts: 2 corrected" in result.output
+    assert raw(mongodb_url, name)["posts"] == before
+    again = runner.invoke(cli, ["recount"])
+    assert "posts: 0 corrected" in again.output
+
+
+def test_import_derives_owners_and_counts_from_the_imported_files(use_db, mongodb_url, tmp_path):
+    source = use_db()
+    seeded = runner.invoke(cli, ["seed", "--users", "3", "--posts", "8", "--votes", "12"])
+    assert seeded.exit_code == 0, seeded.output
+    assert runner.invoke(cli, ["export", str(tmp_path / "dump")]).exit_code == 0
+    expected = raw(mongodb_url, source)["posts"]
+    # An export from before posts carried them, or edited by hand: neither is trusted.
+    posts = tmp_path / "dump" / "posts.json"
+    rows = [json_util.loads(line) for line in posts.read_text().splitlines()]
+    for row in rows[:4]:
+        del row["owner"], row["votes"]
+    rows[4]["votes"] = 99
+    posts.write_text("".join(json_util.dumps(row) + "\n" for row in rows))
+    target = use_db()
+    imported = runner.invoke(cli, ["import", str(tmp_path / "dump")])
+    assert imported.exit_code == 0, imported.output
+    assert "posts: 5 owners or vote counts derived" in imported.output
+    assert raw(mongodb_url, target)["posts"] == expected
 
 
 def test_seed_refuses_more_votes_than_pairs(use_db):

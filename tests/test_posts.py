@@ -12,6 +12,7 @@ import pytest
 from beanie import PydanticObjectId
 from bson import ObjectId
 
+from service.derived import derive_post_fields
 from service.models import Post, Vote
 from tests.factories import LoggedInUser, create_post, create_user, vote
 
@@ -107,6 +108,8 @@ async def insert_posts(owner: LoggedInUser, count: int, created_at: datetime) ->
     ]
     for post in posts:
         await post.insert()
+    # Written outside the API, as an import would: owner and vote count are derived after.
+    await derive_post_fields(Post.get_pymongo_collection().database)
     return [str(post.id) for post in posts]
 
 

@@ -178,3 +178,28 @@ async def test_users_written_before_sessions_existed_are_migrated(app):
         ]
     finally:
         await database.client.drop_database(database.name)
+
+
+async def test_posts_written_before_they_carried_owner_and_votes_are_migrated(app):
+    database = app.state.database.client[f"migrate_{uuid.uuid4().hex[:8]}"]
+    try:
+        created = NOW.replace(microsecond=0)  # as BSON keeps it
+        owner = {"_id": ObjectId(), "email": "old@example.com", "created_at": created}
+        await database["users"].insert_one({**owner, "hashed_password": "$2b$04$x"})
+        post = {"title": "t", "content": "c", "published": True, "created_at": NOW}
+        old = await database["posts"].insert_one({**post, "owner_id": owner["_id"]})
+        orphan = await database["posts"].insert_one({**post, "owner_id": ObjectId()})
+        voters = [ObjectId() for _ in range(3)]
+        await database["votes"].insert_many(
+            [{"post_id": old.inserted_id, "user_id": v, "created_at": NOW} for v in voters]
+        )
+        await migrate(database)
+        await migrate(database)  # a second start changes nothing
+        migrated = await database["posts"].find_one({"_id": old.inserted_id})
+        assert migrated["votes"] == 3
+        assert migrated["owner"] == {"email": "old@example.com", "created_at": created}
+        # A post whose owner is gone gets no owner, so the API does not show it.
+        gone = await database["posts"].find_one({"_id": orphan.inserted_id})
+        assert gone["votes"] == 0 and gone["owner"] is None
+    finally:
+        await database.client.drop_database(database.name)

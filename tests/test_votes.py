@@ -4,8 +4,9 @@ import asyncio
 
 import httpx
 import pytest
+from bson import ObjectId
 
-from service.models import Vote
+from service.models import Post, Vote
 from tests.factories import LoggedInUser, create_post, create_user, vote
 
 MISSING_ID = "0123456789abcdef01234567"
@@ -275,3 +276,95 @@ async def test_simultaneous_votes_by_different_users_all_count(client: httpx.Asy
     assert [response.status_code for response in responses] == [201] * 16
     assert all(response.json() == ADDED for response in responses)
     assert await votes_on(client, owner, post["id"]) == 16
+
+
+async def stored_count(post_id: str) -> int:
+    """The count kept on the post, which must equal its documents in `votes`."""
+    post = await Post.get_pymongo_collection().find_one({"_id": ObjectId(post_id)})
+    assert post is not None
+    kept: int = post["votes"]
+    counted = await Vote.get_pymongo_collection().count_documents({"post_id": ObjectId(post_id)})
+    assert kept == counted, f"post keeps {kept} votes, votes has {counted}"
+    return kept
+
+
+async def test_taking_back_a_vote_on_a_post_now_someone_elses_draft_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await create_user(client)
+    voter = await create_user(client)
+    post = await create_post(client, owner)
+    assert (await vote(client, voter, post["id"])).status_code == 201
+    draft = {"title": post["title"], "content": post["content"], "published": False}
+    assert (await client.put(f"/posts/{post['id']}", json=draft, headers=owner.headers)).is_success
+
+    again = await vote(client, voter, post["id"])
+    taken_back = await vote(client, voter, post["id"], 0)
+
+    # To the voter the post does not exist, whichever way they vote; their vote stays.
+    assert (again.status_code, again.json()) == (404, post_not_found(post["id"]))
+    assert (taken_back.status_code, taken_back.json()) == (404, post_not_found(post["id"]))
+    assert await votes_on(client, owner, post["id"]) == 1
+    assert await stored_count(post["id"]) == 1
+
+
+async def test_a_vote_refused_for_a_missing_post_leaves_no_document(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await create_user(client)
+    voter = await create_user(client)
+    post = await create_post(client, owner)
+    assert (await client.delete(f"/posts/{post['id']}", headers=owner.headers)).status_code == 204
+
+    response = await vote(client, voter, post["id"])
+
+    assert (response.status_code, response.json()) == (404, post_not_found(post["id"]))
+    assert await count_votes() == 0
+
+
+async def test_simultaneous_votes_and_take_backs_keep_the_count_exact(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await create_user(client)
+    voters = [await create_user(client) for _ in range(24)]
+    post = await create_post(client, owner)
+    first, second = voters[:12], voters[12:]
+    for voter in first:
+        assert (await vote(client, voter, post["id"])).status_code == 201
+
+    # At once: the first twelve take their votes back (each twice: one 201, one 404) while
+    # the other twelve vote (each twice: one 201, one 409).
+    responses = await asyncio.gather(
+        *(vote(client, voter, post["id"], 0) for voter in first + first),
+        *(vote(client, voter, post["id"], 1) for voter in second + second),
+    )
+
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [201] * 24 + [404] * 12 + [409] * 12
+    assert await votes_on(client, owner, post["id"]) == 12
+    assert await stored_count(post["id"]) == 12
+
+
+async def test_deleting_an_account_takes_its_votes_off_the_counts(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await create_user(client)
+    leaver = await create_user(client)
+    stayer = await create_user(client)
+    posts = [await create_post(client, owner) for _ in range(3)]
+    for post in posts:
+        assert (await vote(client, leaver, post["id"])).status_code == 201
+    assert (await vote(client, stayer, posts[0]["id"])).status_code == 201
+
+    # The account goes while its owner takes one of the same votes back: each vote is
+    # counted off once, whoever deletes it.
+    deleted, taken_back = await asyncio.gather(
+        client.request(
+            "DELETE", "/users/me", json={"password": leaver.password}, headers=leaver.headers
+        ),
+        vote(client, leaver, posts[1]["id"], 0),
+    )
+
+    assert deleted.status_code == 204, deleted.text
+    assert taken_back.status_code in {201, 401, 404}
+    assert [await stored_count(post["id"]) for post in posts] == [1, 0, 0]

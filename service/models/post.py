@@ -9,8 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from service.models.base import utc_now
-from service.models.user import User, UserPublic
-from service.models.vote import Vote
+from service.models.user import UserPublic
 
 TITLE_MAX = 300
 CONTENT_MAX = 20_000
@@ -30,9 +29,26 @@ class PostBase(BaseModel):
     published: Annotated[bool, Strict()] = True
 
 
+class PostOwner(BaseModel):
+    """The owner's public fields, copied onto each of their posts so that reading posts needs
+    no join. An account's email and creation date never change, so the copy never goes stale
+    (and an account's posts go with it)."""
+
+    email: str
+    created_at: datetime
+
+
 class Post(Document, PostBase):
     created_at: datetime = Field(default_factory=utc_now)
     owner_id: PydanticObjectId  # who owns it; see the indexes below
+    # Derived fields, kept on the post because reads outnumber writes: the owner's public
+    # fields and the number of documents in `votes` for this post. The vote route and account
+    # deletion keep `votes` in step, one atomic $inc per vote added or taken back; the
+    # migration at start-up and `social-api import` derive both for posts that lack them,
+    # and `social-api recount` repairs them (see service/derived.py). None for a post whose
+    # owner is gone or not yet derived (written by an older version): such a post is not shown.
+    owner: PostOwner | None = None
+    votes: int = 0
 
     class Settings:
         name = "posts"
@@ -46,8 +62,13 @@ class Post(Document, PostBase):
         ]
 
     def is_visible_to(self, user_id: PydanticObjectId) -> bool:
-        """Drafts exist only for their owner."""
-        return self.published or self.owner_id == user_id
+        """Drafts exist only for their owner; a post whose owner is gone, for nobody."""
+        return self.owner is not None and (self.published or self.owner_id == user_id)
+
+    @classmethod
+    def visible_to(cls, viewer_id: PydanticObjectId) -> dict[str, Any]:
+        """The filter `is_visible_to` is, for queries (the owner check aside: see above)."""
+        return {"$or": [{"published": True}, {"owner_id": viewer_id}]}
 
     @classmethod
     async def read_feed(
@@ -55,9 +76,10 @@ class Post(Document, PostBase):
     ) -> tuple[int, list["PostOut"]]:
         """One page of the posts the viewer may see, and how many match in all.
 
-        One aggregation answers both: the count and the page come from the same match.
+        One aggregation answers both: the count and the page come from the same match. The
+        posts carry their owner and vote count, so nothing is joined.
         """
-        match: dict[str, Any] = _visible_to(viewer_id)
+        match: dict[str, Any] = cls.visible_to(viewer_id)
         if search:
             # A literal, case-insensitive substring: the text is escaped, never a pattern.
             # A BSON regex cannot hold a NUL byte, so NUL goes in as the escape PCRE reads.
@@ -70,79 +92,14 @@ class Post(Document, PostBase):
             {
                 "$facet": {
                     "total": [{"$count": "n"}],
-                    "items": [{"$skip": skip}, {"$limit": limit}, *_with_owner_and_votes()],
+                    "items": [{"$skip": skip}, {"$limit": limit}],
                 }
             },
         ]
-        [result] = await cls.aggregate(pipeline).to_list()
+        [result] = await (await cls.get_pymongo_collection().aggregate(pipeline)).to_list()
         total = result["total"][0]["n"] if result["total"] else 0
-        return total, [PostOut.model_validate(row) for row in result["items"]]
-
-    @classmethod
-    async def read_one(
-        cls, post_id: PydanticObjectId, viewer_id: PydanticObjectId
-    ) -> "PostOut | None":
-        """The post with its owner and vote count, if the viewer may see it."""
-        pipeline = [
-            {"$match": {"$and": [{"_id": post_id}, _visible_to(viewer_id)]}},
-            *_with_owner_and_votes(),
-        ]
-        rows = await cls.aggregate(pipeline).to_list()
-        return PostOut.model_validate(rows[0]) if rows else None
-
-
-def _visible_to(viewer_id: PydanticObjectId) -> dict[str, Any]:
-    return {"$or": [{"published": True}, {"owner_id": viewer_id}]}
-
-
-def _with_owner_and_votes() -> list[dict[str, Any]]:
-    """Stages that shape posts into PostOut: owner joined, votes counted, nothing else kept.
-
-    Only the owner's public fields are fetched, so a hash never leaves the database; the votes
-    are counted on the server through the (post_id, user_id) index, not shipped and counted.
-    """
-    users = User.get_settings().name
-    votes = Vote.get_settings().name
-    return [
-        {
-            "$lookup": {
-                "from": users,
-                "localField": "owner_id",
-                "foreignField": "_id",
-                "pipeline": [{"$project": {"email": 1, "created_at": 1}}],
-                "as": "owner",
-            }
-        },
-        {"$unwind": "$owner"},
-        {
-            "$lookup": {
-                "from": votes,
-                "localField": "_id",
-                "foreignField": "post_id",
-                "pipeline": [{"$count": "n"}],
-                "as": "votes",
-            }
-        },
-        {
-            "$project": {
-                "_id": 0,
-                "Post": {
-                    "id": "$_id",
-                    "title": "$title",
-                    "content": "$content",
-                    "published": "$published",
-                    "created_at": "$created_at",
-                    "owner_id": "$owner_id",
-                    "owner": {
-                        "id": "$owner._id",
-                        "email": "$owner.email",
-                        "created_at": "$owner.created_at",
-                    },
-                },
-                "votes": {"$ifNull": [{"$arrayElemAt": ["$votes.n", 0]}, 0]},
-            }
-        },
-    ]
+        posts = [cls.model_validate(row) for row in result["items"]]
+        return total, [PostOut.of(post) for post in posts if post.owner is not None]
 
 
 class PostCreate(PostBase):
@@ -172,9 +129,17 @@ class PostPublic(PostBase):
     owner: UserPublic
 
     @classmethod
-    def of(cls, post: Post, owner: User) -> Self:
-        return cls.model_validate(
-            {**post.model_dump(exclude={"id", "revision_id"}), "id": post.id, "owner": owner}
+    def of(cls, post: Post) -> Self:
+        """The post as the API shows it (its owner must be known: see `Post.owner`)."""
+        assert post.id is not None and post.owner is not None
+        return cls(
+            id=post.id,
+            title=post.title,
+            content=post.content,
+            published=post.published,
+            created_at=post.created_at,
+            owner_id=post.owner_id,
+            owner=UserPublic(id=post.owner_id, **post.owner.model_dump()),
         )
 
 
@@ -184,3 +149,7 @@ class PostOut(BaseModel):
 
     post: PostPublic = Field(alias="Post")
     votes: int
+
+    @classmethod
+    def of(cls, post: Post) -> Self:
+        return cls(post=PostPublic.of(post), votes=post.votes)

@@ -6,6 +6,7 @@ from fastapi import Query, Response, status
 
 from service.deps import CurrentUser, OwnedPostDep, VisiblePostDep
 from service.models import Post, PostCreate, PostOut, PostPublic, PostUpdate, Vote, id_of
+from service.models.post import PostOwner
 from service.routing import CollectionRouter, Responses, error
 
 router = CollectionRouter(prefix="/posts", tags=["Posts"])
@@ -57,16 +58,17 @@ async def read_post(post: VisiblePostDep) -> PostOut:
 @router.post("/", status_code=status.HTTP_201_CREATED, responses=UNAUTHORIZED)
 async def create_post(post_in: PostCreate, user: CurrentUser) -> PostPublic:
     """Write a post; `published: false` keeps it a draft only you can see."""
-    post = Post(**post_in.model_dump(), owner_id=id_of(user))
+    owner = PostOwner(email=user.email, created_at=user.created_at)
+    post = Post(**post_in.model_dump(), owner_id=id_of(user), owner=owner)
     await post.insert()
-    return PostPublic.of(post, user)
+    return PostPublic.of(post)
 
 
 @router.put("/{post_id}", responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND})
-async def update_post(post: OwnedPostDep, post_in: PostUpdate, user: CurrentUser) -> PostPublic:
+async def update_post(post: OwnedPostDep, post_in: PostUpdate) -> PostPublic:
     """Replace your post's title, content and published flag."""
     await post.set(post_in.model_dump())
-    return PostPublic.of(post, user)
+    return PostPublic.of(post)
 
 
 @router.delete(

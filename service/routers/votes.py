@@ -1,6 +1,15 @@
-"""Votes: add or take back your vote on a post."""
+"""Votes: add or take back your vote on a post.
+
+Each post keeps its vote count (`Post.votes`): a vote is a document in `votes`, whose unique
+(post_id, user_id) index decides between simultaneous identical votes, plus one atomic $inc of
+the post's count. Without transactions the two are separate writes, ordered so that every
+path that stops half-way is undone before answering, and that a vote never lands on a post
+that is being deleted: the vote is written first, the count second, and a count that cannot
+be written (the post is gone, or is someone else's draft) takes the vote back.
+"""
 
 from fastapi import HTTPException, status
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from service.deps import CurrentUser
@@ -21,23 +30,60 @@ router = CollectionRouter(prefix="/vote", tags=["Vote"])
 )
 async def vote(vote_in: VoteCreate, user: CurrentUser) -> Message:
     """`dir: 1` votes for a post, `dir: 0` takes the vote back."""
-    user_id = id_of(user)
-    post = await Post.get(vote_in.post_id)
-    if post is None or not post.is_visible_to(user_id):
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"Post with id: {vote_in.post_id} does not exist"
-        )
     if vote_in.dir == 1:
-        try:
-            await Vote(post_id=vote_in.post_id, user_id=user_id).insert()
-        except DuplicateKeyError:
-            # The unique (post_id, user_id) index decides between simultaneous votes.
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"user {user_id} has already voted on post {vote_in.post_id}",
-            ) from None
+        await add_vote(vote_in, user)
         return Message(message="successfully added vote")
-    deleted = await Vote.find_one(Vote.post_id == vote_in.post_id, Vote.user_id == user_id).delete()
-    if deleted is None or deleted.deleted_count == 0:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "Vote does not exist")
+    await take_back_vote(vote_in, user)
     return Message(message="successfully deleted vote")
+
+
+def no_such_post(vote_in: VoteCreate) -> HTTPException:
+    return HTTPException(
+        status.HTTP_404_NOT_FOUND, f"Post with id: {vote_in.post_id} does not exist"
+    )
+
+
+async def add_vote(vote_in: VoteCreate, user: CurrentUser) -> None:
+    user_id = id_of(user)
+    vote = Vote(post_id=vote_in.post_id, user_id=user_id)
+    try:
+        await vote.insert()
+    except DuplicateKeyError:
+        post = await Post.get(vote_in.post_id)
+        if post is None or not post.is_visible_to(user_id):
+            raise no_such_post(vote_in) from None
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"user {user_id} has already voted on post {vote_in.post_id}",
+        ) from None
+    posts = Post.get_pymongo_collection()
+    counted = await posts.update_one(
+        {"$and": [{"_id": vote_in.post_id}, Post.visible_to(user_id)]}, {"$inc": {"votes": 1}}
+    )
+    if counted.matched_count == 0:
+        await vote.delete()
+        raise no_such_post(vote_in)
+
+
+async def take_back_vote(vote_in: VoteCreate, user: CurrentUser) -> None:
+    user_id = id_of(user)
+    votes = Vote.get_pymongo_collection()
+    deleted = await votes.find_one_and_delete({"post_id": vote_in.post_id, "user_id": user_id})
+    if deleted is None:
+        post = await Post.get(vote_in.post_id)
+        if post is None or not post.is_visible_to(user_id):
+            raise no_such_post(vote_in)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Vote does not exist")
+    posts = Post.get_pymongo_collection()
+    post_row = await posts.find_one_and_update(
+        {"_id": vote_in.post_id},
+        {"$inc": {"votes": -1}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if post_row is None:  # the post is being deleted, and its votes with it
+        raise no_such_post(vote_in)
+    if not Post.model_validate(post_row).is_visible_to(user_id):
+        # Someone else's draft: the vote was not theirs to take back. Put both back.
+        await votes.insert_one(deleted)
+        await posts.update_one({"_id": vote_in.post_id}, {"$inc": {"votes": 1}})
+        raise no_such_post(vote_in)

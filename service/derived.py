@@ -1,0 +1,91 @@
+"""The fields of posts derived from other collections: the owner's public fields and the
+vote count (see `Post.owner` and `Post.votes`).
+
+The API keeps them in step as it writes. They are derived here from `users` and `votes`:
+- at start-up, for posts that lack them (written before they existed, or imported from an
+  older export while no API process ran);
+- after `social-api import`, for every post, since the files may not agree;
+- by `social-api recount`, for every post, to repair counts after a crash between a vote's two
+  writes, or after a rolling upgrade during which processes of the older version took votes
+  without counting them.
+
+A vote cast while a post is being recounted can make its count off by one, so every post
+that changed is checked again until its count holds still (at most `PASSES` times).
+"""
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+
+logger = logging.getLogger(__name__)
+
+BATCH = 1000  # posts per round of commands
+PASSES = 3
+
+LACKING = {"$or": [{"owner": {"$exists": False}}, {"votes": {"$exists": False}}]}
+
+
+async def derive_post_fields(
+    database: AsyncDatabase[dict[str, Any]], *, only_lacking: bool = False
+) -> int:
+    """Set the owner and vote count of every post (or of those lacking them) where they are
+    wrong; return how many posts changed."""
+    posts = database["posts"]
+    ids = [row["_id"] async for row in posts.find(LACKING if only_lacking else {}, {"_id": 1})]
+    changed = await _derive(database, ids)
+    rechecked = changed
+    for _ in range(PASSES - 1):
+        if not rechecked:
+            break
+        rechecked = await _derive(database, rechecked)
+    if rechecked:
+        logger.warning("%d posts' vote counts kept changing while recounted", len(rechecked))
+    return len(changed)
+
+
+async def _derive(database: AsyncDatabase[dict[str, Any]], ids: list[Any]) -> list[Any]:
+    changed: list[Any] = []
+    for start in range(0, len(ids), BATCH):
+        changed += await _derive_batch(database, ids[start : start + BATCH])
+    return changed
+
+
+async def _derive_batch(database: AsyncDatabase[dict[str, Any]], ids: list[Any]) -> list[Any]:
+    posts = database["posts"]
+    fields = {"owner_id": 1, "owner": 1, "votes": 1}
+    rows = await posts.find({"_id": {"$in": ids}}, fields).to_list()
+    counts = {
+        row["_id"]: row["n"]
+        async for row in await database["votes"].aggregate(
+            [
+                {"$match": {"post_id": {"$in": ids}}},
+                {"$group": {"_id": "$post_id", "n": {"$sum": 1}}},
+            ]
+        )
+    }
+    owners = {
+        row["_id"]: {"email": row["email"], "created_at": row["created_at"]}
+        async for row in database["users"].find(
+            {"_id": {"$in": list({row["owner_id"] for row in rows})}},
+            {"email": 1, "created_at": 1},
+        )
+    }
+    updates = list(_updates(rows, counts, owners))
+    if updates:
+        await posts.bulk_write([update for _, update in updates], ordered=False)
+    orphans = sum(row["owner_id"] not in owners for row in rows)
+    if orphans:
+        logger.warning("%d posts have no owner in users: they are not shown", orphans)
+    return [post_id for post_id, _ in updates]
+
+
+def _updates(
+    rows: list[dict[str, Any]], counts: dict[Any, int], owners: dict[Any, dict[str, Any]]
+) -> Iterable[tuple[Any, UpdateOne]]:
+    for row in rows:
+        wanted = {"votes": counts.get(row["_id"], 0), "owner": owners.get(row["owner_id"])}
+        if any(row.get(field, ...) != value for field, value in wanted.items()):
+            yield row["_id"], UpdateOne({"_id": row["_id"]}, {"$set": wanted})
