@@ -34,6 +34,7 @@ from service.security import (
     new_refresh_token,
     new_session_id,
 )
+from service.tallies import count_posts
 from service.throttle import email_key
 
 BATCH = 1000  # ids per command, which keeps each command well under 16 MB
@@ -208,7 +209,15 @@ async def _delete_content(user_id: PydanticObjectId) -> None:
     """The user's posts, the votes on them, and the user's votes (with the counts they made)."""
     posts = Post.get_pymongo_collection()
     post_ids = [row["_id"] async for row in posts.find({"owner_id": user_id}, {"_id": 1})]
-    await posts.delete_many({"owner_id": user_id})
+    # Published posts are counted off by what each command deleted (drafts are counted on the
+    # user document, which goes too). A post published or unpublished meanwhile is left by one
+    # filter and taken by the other on the next round.
+    while True:
+        published = await posts.delete_many({"owner_id": user_id, "published": True})
+        await count_posts(user_id, published=True, delta=-published.deleted_count)
+        drafts = await posts.delete_many({"owner_id": user_id, "published": False})
+        if not published.deleted_count and not drafts.deleted_count:
+            break
     votes = Vote.get_pymongo_collection()
     for start in range(0, len(post_ids), BATCH):
         await votes.delete_many({"post_id": {"$in": post_ids[start : start + BATCH]}})

@@ -26,9 +26,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from service import db, logs, security
+from service import db, derived, logs, security
 from service.config import ConfigurationError, Settings
-from service.derived import derive_post_fields
 from service.models import DATA_DOCUMENTS, DOCUMENTS, Post, User, UserCreate, Vote
 from service.models.base import utc_now
 from service.models.post import PostOwner
@@ -205,7 +204,7 @@ def seed(
     rng = random.Random(random_seed)
 
     async def fill() -> None:
-        async with database(settings):
+        async with database(settings) as connected:
             if await User.find(User.email == "demo1@example.com").count():
                 fail("this database already has demo users; seed an empty one (MONGODB_DB)")
             started = time.perf_counter()
@@ -244,6 +243,7 @@ def seed(
                     ),
                     votes,
                 )
+            await derived.derive_tallies(connected)
             seconds = time.perf_counter() - started
             typer.echo(
                 f"seeded {users} users, {posts} posts and {votes} votes in {seconds:.1f} s "
@@ -357,8 +357,9 @@ def import_data(
                 typer.echo(f"{name}: {len(documents)} documents imported")
             # The files may come from different moments (or from mongoexport): each post's
             # owner and vote count are derived from what was imported, not taken on trust.
-            changed = await derive_post_fields(connected)
-            typer.echo(f"posts: {changed} owners or vote counts derived")
+            posts, tallies = await derived.recount(connected)
+            typer.echo(f"posts: {posts} owners or vote counts derived")
+            typer.echo(f"tallies: {tallies} published count or drafts derived")
 
     run(load)
 
@@ -371,9 +372,11 @@ def recount() -> None:
     async def derive() -> None:
         async with database(settings) as connected:
             started = time.perf_counter()
-            changed = await derive_post_fields(connected)
+            posts, tallies = await derived.recount(connected)
             seconds = time.perf_counter() - started
-            typer.echo(f"posts: {changed} corrected in {seconds:.1f} s")
+            typer.echo(
+                f"posts: {posts} corrected, tallies: {tallies} corrected, in {seconds:.1f} s"
+            )
 
     run(derive)
 

@@ -30,7 +30,7 @@ from pymongo.errors import CollectionInvalid, ConnectionFailure, OperationFailur
 from pymongo.monitoring import CommandListener
 
 from service.config import ConfigurationError, Settings, private_dir
-from service.derived import derive_post_fields
+from service.derived import derive_post_fields, derive_tallies
 from service.models import DOCUMENTS
 
 logger = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "users": {"session_epoch": 0, "revoked_sessions": []},
 }
 # Fields added later whose value is derived from other collections (service/derived.py).
-DERIVED_FIELDS: dict[str, tuple[str, ...]] = {"posts": ("owner", "votes")}
+DERIVED_FIELDS: dict[str, tuple[str, ...]] = {"posts": ("owner", "votes"), "users": ("drafts",)}
 
 
 async def migrate(database: Database) -> None:
@@ -327,6 +327,9 @@ async def migrate(database: Database) -> None:
     changed = await derive_post_fields(database, only_lacking=True)
     if changed:
         logger.warning("Migrated posts: %d got their owner and vote count", changed)
+    changed = await derive_tallies(database, only_lacking=True)
+    if changed:
+        logger.warning("Migrated the feed's tallies: %d published count or drafts derived", changed)
     for name, fields in ADDED_FIELDS.items():
         for field, value in fields.items():
             result = await database[name].update_many(

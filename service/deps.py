@@ -85,11 +85,16 @@ async def get_visible_post(post_id: IdIn, user: CurrentUser) -> PostOut:
     return PostOut.of(post)
 
 
+def no_such_post(post_id: object) -> HTTPException:
+    """The 404 of PUT and DELETE (the contract's wording)."""
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"post with id: {post_id} does not exist")
+
+
 async def get_owned_post(post_id: IdIn, user: CurrentUser) -> Post:
     """A post the caller may change: 404 if it does not exist for them, then 403 if not theirs."""
     post = await Post.get(post_id)
     if post is None or not post.is_visible_to(id_of(user)):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"post with id: {post_id} does not exist")
+        raise no_such_post(post_id)
     if post.owner_id != id_of(user):
         raise HTTPException(status.HTTP_403_FORBIDDEN, NOT_AUTHORIZED)
     return post

@@ -1,5 +1,6 @@
-"""The fields of posts derived from other collections: the owner's public fields and the
-vote count (see `Post.owner` and `Post.votes`).
+"""Values derived from other documents: each post's owner and vote count (`Post.owner`,
+`Post.votes`), and the feed's tallies (the published count in `counters` and each user's
+`drafts`; see service/tallies.py).
 
 The API keeps them in step as it writes. They are derived here from `users` and `votes`:
 - at start-up, for posts that lack them (written before they existed, or imported from an
@@ -10,7 +11,8 @@ The API keeps them in step as it writes. They are derived here from `users` and 
   without counting them.
 
 A vote cast while a post is being recounted can make its count off by one, so every post
-that changed is checked again until its count holds still (at most `PASSES` times).
+that changed is checked again until its count holds still (at most `PASSES` times); the
+tallies likewise.
 """
 
 import logging
@@ -20,12 +22,19 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
+from service.models.post import COUNTERS, PUBLISHED_COUNTER
+
 logger = logging.getLogger(__name__)
 
 BATCH = 1000  # posts per round of commands
 PASSES = 3
 
 LACKING = {"$or": [{"owner": {"$exists": False}}, {"votes": {"$exists": False}}]}
+
+
+async def recount(database: AsyncDatabase[dict[str, Any]]) -> tuple[int, int]:
+    """Derive everything again: how many posts, and how many tallies, were corrected."""
+    return await derive_post_fields(database), await derive_tallies(database)
 
 
 async def derive_post_fields(
@@ -89,3 +98,52 @@ def _updates(
         wanted = {"votes": counts.get(row["_id"], 0), "owner": owners.get(row["owner_id"])}
         if any(row.get(field, ...) != value for field, value in wanted.items()):
             yield row["_id"], UpdateOne({"_id": row["_id"]}, {"$set": wanted})
+
+
+async def derive_tallies(
+    database: AsyncDatabase[dict[str, Any]], *, only_lacking: bool = False
+) -> int:
+    """Set the published count and every user's drafts where they are wrong (or, with
+    `only_lacking`, where they are missing); return how many values changed."""
+    changed_total = 0
+    for number in range(PASSES):
+        changed = await _derive_tallies(database, only_lacking=only_lacking)
+        if number == 0:
+            changed_total = changed
+        if not changed or only_lacking:
+            break
+    return changed_total
+
+
+async def _derive_tallies(database: AsyncDatabase[dict[str, Any]], *, only_lacking: bool) -> int:
+    posts, users, counters = database["posts"], database["users"], database[COUNTERS]
+    changed = 0
+    kept = await counters.find_one({"_id": PUBLISHED_COUNTER})
+    if kept is None or not only_lacking:
+        published = await posts.count_documents({"published": True})
+        if kept is None or kept.get("value") != published:
+            await counters.update_one(
+                {"_id": PUBLISHED_COUNTER}, {"$set": {"value": published}}, upsert=True
+            )
+            changed += 1
+    lacking = {"drafts": {"$exists": False}} if only_lacking else {}
+    rows = await users.find(lacking, {"drafts": 1}).to_list()
+    if not rows:
+        return changed
+    drafts = {
+        row["_id"]: row["n"]
+        async for row in await posts.aggregate(
+            [
+                {"$match": {"published": False}},
+                {"$group": {"_id": "$owner_id", "n": {"$sum": 1}}},
+            ]
+        )
+    }
+    updates = [
+        UpdateOne({"_id": row["_id"]}, {"$set": {"drafts": drafts.get(row["_id"], 0)}})
+        for row in rows
+        if row.get("drafts") != drafts.get(row["_id"], 0)
+    ]
+    for start in range(0, len(updates), BATCH):
+        await users.bulk_write(updates[start : start + BATCH], ordered=False)
+    return changed + len(updates)

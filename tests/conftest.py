@@ -27,6 +27,7 @@ from service.config import Settings
 from service.db import EmbeddedStore
 from service.main import create_app
 from service.models import DOCUMENTS
+from service.models.post import COUNTERS
 from tests.factories import assert_no_secrets
 
 # Every setting is given here, so nothing in the environment or a .env file reaches a test.
@@ -77,8 +78,8 @@ async def clean_database(app: FastAPI) -> None:
     """Each test starts empty: documents go, indexes stay."""
     # Through the suite app's own client: Beanie's documents may be bound to another app's
     # (tests/test_schema.py runs one on schemathesis's event loop).
-    for document in DOCUMENTS:
-        await app.state.database[document.Settings.name].delete_many({})
+    for name in [*(document.Settings.name for document in DOCUMENTS), COUNTERS]:
+        await app.state.database[name].delete_many({})
 
 
 async def check_for_leaks(response: httpx.Response) -> None:

@@ -118,10 +118,30 @@ def test_recount_repairs_counts_and_owners_and_reports_them(use_db, mongodb_url)
         posts.update_one({"_id": voted[2]}, {"$unset": {"owner": "", "votes": ""}})
     result = runner.invoke(cli, ["recount"])
     assert result.exit_code == 0, result.output
-    assert "posts: 2 corrected" in result.output
+    assert "posts: 2 corrected, tallies: 0 corrected" in result.output
     assert raw(mongodb_url, name)["posts"] == before
     again = runner.invoke(cli, ["recount"])
-    assert "posts: 0 corrected" in again.output
+    assert "posts: 0 corrected, tallies: 0 corrected" in again.output
+
+
+def test_recount_repairs_the_feeds_tallies(use_db, mongodb_url):
+    name = use_db()
+    seeded = runner.invoke(cli, ["seed", "--users", "4", "--posts", "30", "--votes", "0"])
+    assert seeded.exit_code == 0, seeded.output
+    with MongoClient(mongodb_url) as client:
+        data = client[name]
+        published = data["posts"].count_documents({"published": True})
+        assert data["counters"].find_one({"_id": "published_posts"})["value"] == published
+        drafts = {u["_id"]: u["drafts"] for u in data["users"].find()}
+        assert sum(drafts.values()) == 30 - published
+        data["counters"].update_one({"_id": "published_posts"}, {"$inc": {"value": 3}})
+        user_id = next(iter(drafts))
+        data["users"].update_one({"_id": user_id}, {"$inc": {"drafts": -1}})
+        result = runner.invoke(cli, ["recount"])
+        assert result.exit_code == 0, result.output
+        assert "posts: 0 corrected, tallies: 2 corrected" in result.output
+        assert data["counters"].find_one({"_id": "published_posts"})["value"] == published
+        assert data["users"].find_one({"_id": user_id})["drafts"] == drafts[user_id]
 
 
 def test_import_derives_owners_and_counts_from_the_imported_files(use_db, mongodb_url, tmp_path):

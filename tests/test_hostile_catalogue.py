@@ -35,7 +35,7 @@ WRONG_TYPES: dict[str, Any] = {
 NOT_A_STRING = {**OPERATORS, **{k: v for k, v in WRONG_TYPES.items() if k != "null"}}
 NOT_A_BOOL = {**OPERATORS, "string": "true", "one": 1, "zero": 0, "array": [True]}
 NOT_0_OR_1 = {**OPERATORS, "string": "1", "true": True, "float": 1.0, "two": 2, "minus": -1}
-DATA = ("users", "posts", "votes", "refresh_tokens")
+DATA = ("users", "posts", "votes", "refresh_tokens", "counters")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 The `client` fixture fails any response that leaks a password, a hash, `_id` or `revision_id`.
 """
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from beanie import PydanticObjectId
 from bson import ObjectId
 
-from service.derived import derive_post_fields
+from service.derived import recount
 from service.models import Post, Vote
 from tests.factories import LoggedInUser, create_post, create_user, vote
 
@@ -108,8 +109,8 @@ async def insert_posts(owner: LoggedInUser, count: int, created_at: datetime) ->
     ]
     for post in posts:
         await post.insert()
-    # Written outside the API, as an import would: owner and vote count are derived after.
-    await derive_post_fields(Post.get_pymongo_collection().database)
+    # Written outside the API, as an import would: owner, vote count and tallies are derived after.
+    await recount(Post.get_pymongo_collection().database)
     return [str(post.id) for post in posts]
 
 
@@ -928,3 +929,63 @@ async def test_search_with_a_nul_character_matches_literally(client: httpx.Async
     response = await client.get("/posts/", params={"search": "e\x00a"}, headers=user.headers)
     assert response.status_code == 200
     assert [item["Post"]["id"] for item in response.json()] == [post["id"]]
+
+
+# The feed's size, kept as tallies (service/tallies.py)
+
+
+async def assert_totals_match_the_lists(
+    client: httpx.AsyncClient, viewers: list[LoggedInUser]
+) -> None:
+    """Each viewer's X-Total-Count equals what paging through their whole feed finds."""
+    for viewer in viewers:
+        response = await list_posts(client, viewer, limit=100)
+        assert int(response.headers["x-total-count"]) == len(ids_of(response)), viewer.email
+
+
+async def test_total_stays_exact_under_simultaneous_creates_deletes_and_flips(
+    client: httpx.AsyncClient,
+) -> None:
+    author, other = await create_user(client), await create_user(client)
+    posts = [await create_post(client, author, published=n % 3 != 0) for n in range(12)]
+
+    def put(post: dict[str, Any], published: bool) -> Any:
+        body = {"title": post["title"], "content": post["content"], "published": published}
+        return client.put(f"/posts/{post['id']}", json=body, headers=author.headers)
+
+    # At once: new posts and drafts, deletes (each twice), and each of eight posts flipped
+    # both ways, twice, by requests racing each other.
+    creates = [create_post(client, author, published=n % 2 == 0) for n in range(6)]
+    creates += [create_post(client, other, published=False) for _ in range(3)]
+    deletes = [client.delete(f"/posts/{p['id']}", headers=author.headers) for p in posts[:4] * 2]
+    flips = [put(p, published) for p in posts[4:] for published in (True, False, True, False)]
+    responses = await asyncio.gather(*creates, *deletes, *flips)
+
+    deleted = [r.status_code for r in responses[len(creates) : len(creates) + len(deletes)]]
+    assert sorted(deleted) == [204] * 4 + [404] * 4
+    assert all(r.status_code == 200 for r in responses[len(creates) + len(deletes) :])
+    await assert_totals_match_the_lists(client, [author, other])
+    kept = await Post.get_pymongo_collection().database["counters"].find_one()
+    published = await Post.get_pymongo_collection().count_documents({"published": True})
+    assert kept is not None and kept["value"] == published
+
+
+async def test_deleting_an_account_takes_its_posts_off_everyone_s_total(
+    client: httpx.AsyncClient,
+) -> None:
+    leaver, stayer = await create_user(client), await create_user(client)
+    for published in (True, True, False):
+        await create_post(client, leaver, published=published)
+    await create_post(client, stayer)
+    await create_post(client, stayer, published=False)
+    before = await list_posts(client, stayer)
+    assert before.headers["x-total-count"] == "4"
+
+    deleted = await client.request(
+        "DELETE", "/users/me", json={"password": leaver.password}, headers=leaver.headers
+    )
+
+    assert deleted.status_code == 204
+    after = await list_posts(client, stayer)
+    assert after.headers["x-total-count"] == "2"
+    await assert_totals_match_the_lists(client, [stayer])

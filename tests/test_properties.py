@@ -26,7 +26,7 @@ from beanie import PydanticObjectId
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from service.derived import derive_post_fields
+from service.derived import recount
 from service.models import Post, Vote
 from tests.factories import LoggedInUser, create_post, create_user, vote
 
@@ -55,6 +55,7 @@ async def users(client: httpx.AsyncClient) -> list[LoggedInUser]:
 async def empty_posts_and_votes() -> None:
     for document in (Post, Vote):
         await document.get_pymongo_collection().delete_many({})
+    await recount(Post.get_pymongo_collection().database)  # the feed's tallies, back to zero
 
 
 async def feed(
@@ -278,8 +279,8 @@ async def test_paging_partitions_the_feed_in_order(
         await Post.insert_many(posts)
     if votes:
         await Vote.insert_many(votes)
-    # Written outside the API, as an import would: owners and vote counts are derived after.
-    await derive_post_fields(Post.get_pymongo_collection().database)
+    # Written outside the API, as an import would: counts and tallies are derived after.
+    await recount(Post.get_pymongo_collection().database)
 
     viewer = users[viewer_index]
     visible = [

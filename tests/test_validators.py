@@ -201,5 +201,10 @@ async def test_posts_written_before_they_carried_owner_and_votes_are_migrated(ap
         # A post whose owner is gone gets no owner, so the API does not show it.
         gone = await database["posts"].find_one({"_id": orphan.inserted_id})
         assert gone["votes"] == 0 and gone["owner"] is None
+        # The feed's tallies: both posts are published, the user has no draft.
+        counter = await database["counters"].find_one({"_id": "published_posts"})
+        assert counter["value"] == 2
+        user = await database["users"].find_one({"_id": owner["_id"]})
+        assert user["drafts"] == 0
     finally:
         await database.client.drop_database(database.name)

@@ -21,6 +21,11 @@ Content = Annotated[str, StringConstraints(min_length=1, max_length=CONTENT_MAX)
 # paging with skip neither repeats nor drops a post.
 FEED_ORDER = {"created_at": -1, "_id": -1}
 
+# The collection of counts kept rather than counted, and the one of published posts (see
+# service/tallies.py).
+COUNTERS = "counters"
+PUBLISHED_COUNTER = "published_posts"
+
 
 class PostBase(BaseModel):
     title: Title
@@ -72,33 +77,46 @@ class Post(Document, PostBase):
 
     @classmethod
     async def read_feed(
-        cls, viewer_id: PydanticObjectId, *, search: str, skip: int, limit: int
+        cls, viewer_id: PydanticObjectId, viewer_drafts: int, *, search: str, skip: int, limit: int
     ) -> tuple[int, list["PostOut"]]:
         """One page of the posts the viewer may see, and how many match in all.
 
-        One aggregation answers both: the count and the page come from the same match. The
-        posts carry their owner and vote count, so nothing is joined.
+        One aggregation answers both, and nothing is joined: posts carry their owner and vote
+        count. Without a search the feed is every published post and the viewer's drafts, so
+        its size is the published count (one document of `counters`, added to the page) plus
+        the viewer's drafts (`viewer_drafts`, from their user document): only the page is
+        read, whatever the number of posts. A search counts its matches as it pages them.
         """
         match: dict[str, Any] = cls.visible_to(viewer_id)
+        order: list[dict[str, Any]] = [{"$sort": FEED_ORDER}]
+        page: list[dict[str, Any]] = [{"$skip": skip}, {"$limit": limit}]
         if search:
             # A literal, case-insensitive substring: the text is escaped, never a pattern.
             # A BSON regex cannot hold a NUL byte, so NUL goes in as the escape PCRE reads.
             literal = re.escape(search).replace("\x00", "\\x00")
             pattern = {"$regex": literal, "$options": "i"}
             match = {"$and": [match, {"$or": [{"title": pattern}, {"content": pattern}]}]}
-        pipeline = [
-            {"$match": match},
-            {"$sort": FEED_ORDER},
-            {
-                "$facet": {
-                    "total": [{"$count": "n"}],
-                    "items": [{"$skip": skip}, {"$limit": limit}],
-                }
-            },
-        ]
-        [result] = await (await cls.get_pymongo_collection().aggregate(pipeline)).to_list()
-        total = result["total"][0]["n"] if result["total"] else 0
-        posts = [cls.model_validate(row) for row in result["items"]]
+            pipeline = [
+                {"$match": match},
+                *order,
+                {"$facet": {"total": [{"$count": "n"}], "items": page}},
+            ]
+            [result] = await (await cls.get_pymongo_collection().aggregate(pipeline)).to_list()
+            total = result["total"][0]["n"] if result["total"] else 0
+            rows = result["items"]
+        else:
+            published = {"$match": {"_id": PUBLISHED_COUNTER}}
+            pipeline = [
+                {"$match": match},
+                *order,
+                *page,
+                {"$unionWith": {"coll": COUNTERS, "pipeline": [published]}},
+            ]
+            rows = await (await cls.get_pymongo_collection().aggregate(pipeline)).to_list()
+            counted = [row for row in rows if row.get("_id") == PUBLISHED_COUNTER]
+            rows = [row for row in rows if row.get("_id") != PUBLISHED_COUNTER]
+            total = (counted[0].get("value", 0) if counted else 0) + viewer_drafts
+        posts = [cls.model_validate(row) for row in rows]
         return total, [PostOut.of(post) for post in posts if post.owner is not None]
 
 

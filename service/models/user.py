@@ -99,6 +99,9 @@ class User(Document, UserBase):
     # be unexpired. Entries leave the list once `until` has passed.
     session_epoch: int = 0
     revoked_sessions: list[RevokedSession] = []
+    # How many of the user's posts are drafts: with the published count, the size of their
+    # feed, kept here because every request reads this document (see service/tallies.py).
+    drafts: int = 0
 
     class Settings:
         name = "users"

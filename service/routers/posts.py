@@ -4,10 +4,11 @@ from typing import Annotated
 
 from fastapi import Query, Response, status
 
-from service.deps import CurrentUser, OwnedPostDep, VisiblePostDep
+from service.deps import CurrentUser, OwnedPostDep, VisiblePostDep, no_such_post
 from service.models import Post, PostCreate, PostOut, PostPublic, PostUpdate, Vote, id_of
 from service.models.post import PostOwner
 from service.routing import CollectionRouter, Responses, error
+from service.tallies import count_posts
 
 router = CollectionRouter(prefix="/posts", tags=["Posts"])
 
@@ -44,7 +45,9 @@ async def read_posts(
     ] = "",
 ) -> list[PostOut]:
     """Newest posts first, with their vote counts; X-Total-Count says how many match."""
-    total, posts = await Post.read_feed(id_of(user), search=search, skip=skip, limit=limit)
+    total, posts = await Post.read_feed(
+        id_of(user), user.drafts, search=search, skip=skip, limit=limit
+    )
     response.headers["X-Total-Count"] = str(total)
     return posts
 
@@ -61,14 +64,28 @@ async def create_post(post_in: PostCreate, user: CurrentUser) -> PostPublic:
     owner = PostOwner(email=user.email, created_at=user.created_at)
     post = Post(**post_in.model_dump(), owner_id=id_of(user), owner=owner)
     await post.insert()
+    await count_posts(post.owner_id, published=post.published, delta=1)
     return PostPublic.of(post)
 
 
 @router.put("/{post_id}", responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND})
 async def update_post(post: OwnedPostDep, post_in: PostUpdate) -> PostPublic:
     """Replace your post's title, content and published flag."""
-    await post.set(post_in.model_dump())
-    return PostPublic.of(post)
+    changes = post_in.model_dump()
+    posts = Post.get_pymongo_collection()
+    # Written only if `published` is still what was read, so that of two simultaneous changes
+    # of it each moves the tallies by what it actually changed.
+    while not (
+        await posts.update_one({"_id": post.id, "published": post.published}, {"$set": changes})
+    ).matched_count:
+        again = await Post.get(post.id)
+        if again is None:
+            raise no_such_post(post.id)
+        post = again
+    if post.published != post_in.published:
+        await count_posts(post.owner_id, published=post.published, delta=-1)
+        await count_posts(post.owner_id, published=post_in.published, delta=1)
+    return PostPublic.of(post.model_copy(update=changes))
 
 
 @router.delete(
@@ -78,5 +95,10 @@ async def update_post(post: OwnedPostDep, post_in: PostUpdate) -> PostPublic:
 )
 async def delete_post(post: OwnedPostDep) -> None:
     """Delete your post and the votes on it."""
-    await post.delete()
+    deleted = await Post.get_pymongo_collection().find_one_and_delete(
+        {"_id": post.id}, projection={"published": 1}
+    )
+    if deleted is None:  # deleted since it was read: the other delete counted it off
+        raise no_such_post(post.id)
+    await count_posts(post.owner_id, published=deleted["published"], delta=-1)
     await Vote.find(Vote.post_id == post.id).delete()
