@@ -5,7 +5,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import jwt
-from beanie import PydanticObjectId
 from bson import ObjectId
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
@@ -60,7 +59,10 @@ async def get_current_session(settings: SettingsDep, token: TokenDep) -> Session
     # Looked up on every request, so a deleted user's tokens stop working at once; the same
     # document carries the session state (see service/accounts.py), so checking that the
     # session was not ended costs nothing more.
-    user = await User.get(PydanticObjectId(claims.sub))
+    # Read with PyMongo and validated into the model: what Beanie's `User.get` does, without
+    # its query-building layers, on the one lookup every request makes.
+    row = await User.get_pymongo_collection().find_one({"_id": ObjectId(claims.sub)})
+    user = User.model_validate(row) if row is not None else None
     if user is None or not user.session_is_live(claims.sid, claims.ver, datetime.now(UTC)):
         raise credentials_error
     return Session(user=user, claims=claims)
