@@ -27,6 +27,7 @@ from pymongo import ReturnDocument
 from service.config import Settings
 from service.models import LoginAttempt, Post, RefreshToken, TokenPair, User, Vote, id_of
 from service.models.base import utc_now
+from service.models.session import PasswordCheck
 from service.security import (
     access_token_lifetime,
     create_access_token,
@@ -49,9 +50,18 @@ class RefreshRefused(Exception):
 
 
 async def start_session(
-    user: User, settings: Settings, *, session_id: str | None = None
+    user: User,
+    settings: Settings,
+    *,
+    session_id: str | None = None,
+    check: PasswordCheck | None = None,
 ) -> TokenPair:
-    """Issue an access token and a refresh token: a new session, or the next of `session_id`."""
+    """Issue an access token and a refresh token: a new session, or the next of `session_id`.
+
+    `check` is the password check that begins a new session (a login, a password change):
+    its refresh token records that success for the login throttle (service/throttle.py),
+    which is how the email's counter resets at no extra write.
+    """
     now = utc_now()
     session_id = session_id or new_session_id()
     refresh_token = new_refresh_token()
@@ -62,6 +72,7 @@ async def start_session(
         epoch=user.session_epoch,
         issued_at=now,
         expires_at=now + timedelta(days=settings.refresh_token_expire_days),
+        password_check=check,
     ).insert()
     lifetime = access_token_lifetime(settings)
     access_token = create_access_token(
@@ -182,7 +193,7 @@ async def end_all_sessions(
     return User.model_validate(raw)
 
 
-async def delete_account(user: User) -> bool:
+async def delete_account(user: User, check: PasswordCheck | None = None) -> bool:
     """Delete a user with their posts, every vote on those posts, their votes, their sessions.
 
     Each of the user's votes on other users' posts is taken back with its count. The order
@@ -191,13 +202,28 @@ async def delete_account(user: User) -> bool:
     the posts go before the votes on them (a vote cannot land on a post that is going), and
     the user document goes last. False, and nothing deleted, if the password changed or every
     session ended since `user` was read.
+
+    `check` is the password check that allowed the deletion. The login throttle's attempts
+    of the email go, and so do the address records of that check and of the user's logins:
+    those were successes, recorded on the refresh tokens that go here, and without that
+    record they would count against their client address as failures.
     """
     user_id = id_of(user)
     if await end_all_sessions(user_id, unchanged=user) is None:
         return False
     await _delete_content(user_id)
-    await RefreshToken.get_pymongo_collection().delete_many({"user_id": user_id})
-    await LoginAttempt.get_pymongo_collection().delete_many({"key": email_key(user.email)})
+    tokens = RefreshToken.get_pymongo_collection()
+    succeeded = list(check.attempt_ids) if check is not None else []
+    async for row in tokens.find(
+        {"user_id": user_id, "password_check": {"$type": "object"}},
+        {"password_check.attempt_ids": 1},
+    ):
+        succeeded += row["password_check"]["attempt_ids"]
+    attempts = LoginAttempt.get_pymongo_collection()
+    await attempts.delete_many({"key": email_key(user.email)})
+    for start in range(0, len(succeeded), BATCH):
+        await attempts.delete_many({"_id": {"$in": succeeded[start : start + BATCH]}})
+    await tokens.delete_many({"user_id": user_id})
     await User.get_pymongo_collection().delete_one({"_id": user_id})
     # A request of this user that was authenticated before the sessions ended may still have
     # written a post or vote since; without transactions, a second pass is what sweeps it up.

@@ -316,6 +316,7 @@ async def connect(
 # before then gets: by the migration at start-up, and by `social-api import` of older exports.
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "users": {"session_epoch": 0, "revoked_sessions": []},
+    "refresh_tokens": {"password_check": None},
 }
 # Fields added later whose value is derived from other collections (service/derived.py).
 DERIVED_FIELDS: dict[str, tuple[str, ...]] = {"posts": ("owner", "votes"), "users": ("drafts",)}

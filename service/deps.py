@@ -81,7 +81,8 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 async def get_visible_post(post_id: IdIn, user: CurrentUser) -> PostOut:
     """The post with its owner and votes; someone else's draft does not exist (404)."""
-    post = await Post.get(post_id)
+    row = await Post.get_pymongo_collection().find_one({"_id": post_id})
+    post = Post.model_validate(row) if row is not None else None
     if post is None or not post.is_visible_to(id_of(user)):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"post with id: {post_id} was not found")
     return PostOut.of(post)
@@ -111,10 +112,17 @@ def client_host(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def begin_password_check(email: str, request: Request, settings: Settings) -> Attempt:
-    """Admit a password check past the login throttle, or answer 429 without checking it."""
+async def begin_password_check(
+    email: str, request: Request, settings: Settings, *, account_email: str | None
+) -> Attempt:
+    """Admit a password check past the login throttle, or answer 429 without checking it.
+
+    The attempt carries the account of `account_email`, read with the count (service/throttle.py).
+    """
     try:
-        return await begin_attempt(email, client_host(request), settings)
+        return await begin_attempt(
+            email, client_host(request), settings, account_email=account_email
+        )
     except TooManyAttempts as refused:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,

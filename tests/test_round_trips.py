@@ -13,15 +13,21 @@ from asgi_lifespan import LifespanManager
 from pymongo import monitoring
 
 from service.main import create_app
-from tests.factories import LoggedInUser, create_post, create_user
+from tests.factories import DEFAULT_PASSWORD, LoggedInUser, create_post, create_user, unique_email
 
 
 class CommandCounter(monitoring.CommandListener):
     def __init__(self) -> None:
         self.commands: list[str] = []
+        self.targets: list[tuple[str, object]] = []  # (command, the collection it names)
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.commands.append(event.command_name)
+        self.targets.append((event.command_name, event.command.get(event.command_name)))
+
+    def clear(self) -> None:
+        self.commands.clear()
+        self.targets.clear()
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -99,3 +105,72 @@ async def test_writing_a_post_or_a_vote_costs_three_commands(counted) -> None:
         assert (await client.post("/vote/", json=body, headers=voter.headers)).status_code == 201
         expected = ["find", "insert", "update"] if direction else ["find", *["findAndModify"] * 2]
         assert counter.commands == expected, direction
+
+
+# A login: the attempt's two records written first, then one aggregation on `users` that
+# reads the account, the attempts of its email and address and the successes that discount
+# them (service/throttle.py). A wrong password stops there.
+COUNTED = [("insert", "login_attempts"), ("aggregate", "users")]
+
+
+async def login_form(client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
+    return await client.post("/login", data={"username": email, "password": password})
+
+
+async def test_a_login_costs_three_commands_and_a_wrong_password_two(counted) -> None:
+    client, counter = counted
+    user = await create_user(client)
+    counter.clear()
+    assert (await login_form(client, user.email, DEFAULT_PASSWORD)).status_code == 200
+    # The success is recorded on the new session's refresh token, which it writes anyway.
+    assert counter.targets == [*COUNTED, ("insert", "refresh_tokens")]
+    counter.clear()
+    assert (await login_form(client, user.email, "wrong password")).status_code == 403
+    assert counter.targets == COUNTED
+
+
+@pytest.mark.parametrize("email", ["unknown@example.com", "not an email"])
+async def test_an_unknown_email_costs_what_a_wrong_password_costs(counted, email) -> None:
+    """The same commands whether the account exists or not: nothing tells them apart."""
+    client, counter = counted
+    user = await create_user(client)
+    answers = {}
+    for typed in (user.email, email):
+        counter.clear()
+        response = await login_form(client, typed, "wrong password")
+        answers[typed] = (response.status_code, response.json(), list(counter.targets))
+    assert (
+        answers[user.email] == answers[email] == (403, {"detail": "Invalid Credentials"}, COUNTED)
+    )
+
+
+async def test_a_throttled_login_costs_three_commands(counted) -> None:
+    client, counter = counted
+    email = unique_email()
+    for _ in range(5):
+        assert (await login_form(client, email, "wrong password")).status_code == 403
+    counter.clear()
+    response = await login_form(client, email, "wrong password")
+    assert response.status_code == 429
+    # The refused attempt takes its two records back.
+    assert counter.targets == [*COUNTED, ("delete", "login_attempts")]
+
+
+async def test_a_password_change_records_its_success_on_the_new_session(counted) -> None:
+    """The check and the session it begins: no write of the throttle's own on success."""
+    client, counter = counted
+    user = await create_user(client)
+    counter.clear()
+    response = await client.put(
+        "/users/me/password",
+        headers=user.headers,
+        json={"current_password": DEFAULT_PASSWORD, "new_password": "a brand new secret"},
+    )
+    assert response.status_code == 200
+    assert counter.targets == [
+        ("find", "users"),  # the caller
+        *COUNTED,
+        ("findAndModify", "users"),  # new hash, every session ended
+        ("update", "refresh_tokens"),  # their refresh tokens marked revoked
+        ("insert", "refresh_tokens"),  # the new session, with the success
+    ]

@@ -1,7 +1,11 @@
 """Login throttling: per email and per client address, shared by every API process."""
 
 import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -10,7 +14,7 @@ from pydantic import ValidationError
 
 from service.config import Settings
 from service.main import create_app
-from service.models import LoginAttempt
+from service.models import LoginAttempt, RefreshToken
 from service.throttle import address_key, email_key
 from tests.conftest import TEST_SECRET_KEY, make_settings, running_server
 from tests.factories import DEFAULT_PASSWORD, bearer, create_user, login_pair, unique_email
@@ -27,6 +31,25 @@ async def attempt(
     )
 
 
+async def counted(key: str) -> list[dict[str, Any]]:
+    """The key's stored attempts that count, oldest first, by the rule the README states: all
+    but those a success lists (its own, and the failures of its email it reset). Successes are
+    recorded on refresh tokens (`password_check`), not by deleting attempts."""
+    successes = (
+        await RefreshToken.get_pymongo_collection()
+        .find({"password_check": {"$type": "object"}})
+        .to_list()
+    )
+    listed = {i for success in successes for i in success["password_check"]["attempt_ids"]}
+    rows = (
+        await LoginAttempt.get_pymongo_collection()
+        .find({"key": key})
+        .sort([("at", 1), ("_id", 1)])
+        .to_list()
+    )
+    return [row for row in rows if row["_id"] not in listed]
+
+
 async def backdate_attempts(seconds: float, **query: object) -> None:
     collection = LoginAttempt.get_pymongo_collection()
     async for row in collection.find(query):
@@ -35,6 +58,16 @@ async def backdate_attempts(seconds: float, **query: object) -> None:
             {"_id": row["_id"]},
             {"$set": {"at": row["at"] - shift, "expires_at": row["expires_at"] - shift}},
         )
+
+
+@asynccontextmanager
+async def app_client(settings: Settings, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app of its own, with the throttle's settings overridden."""
+    app = create_app(make_settings(settings.mongodb_url or "", settings.mongodb_db, **overrides))
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http
 
 
 async def test_five_failures_for_an_email_lock_it_even_with_the_right_password(client):
@@ -64,7 +97,12 @@ async def test_a_success_resets_the_email_counter(client):
         for _ in range(4):
             assert (await attempt(client, user.email)).status_code == 403
         await login_pair(client, user.email)
-    assert await LoginAttempt.find({"key": email_key(user.email)}).count() == 0
+    assert await counted(email_key(user.email)) == []
+    # Reset, not lifted: the next 5 failures are checked and lock the email again.
+    for _ in range(5):
+        assert (await attempt(client, user.email)).status_code == 403
+    assert (await attempt(client, user.email, DEFAULT_PASSWORD)).status_code == 429
+    assert len(await counted(email_key(user.email))) == 5
 
 
 async def test_the_lock_lifts_when_the_window_has_passed(client):
@@ -82,8 +120,8 @@ async def test_retry_after_says_when_the_oldest_failure_leaves_the_window(client
     user = await create_user(client)
     for _ in range(5):
         await attempt(client, user.email)
-    [oldest] = await LoginAttempt.find({"key": email_key(user.email)}).limit(1).to_list()
-    await backdate_attempts(600, _id=oldest.id)
+    oldest, *_ = await counted(email_key(user.email))
+    await backdate_attempts(600, _id=oldest["_id"])
     refused = await attempt(client, user.email, DEFAULT_PASSWORD)
     assert 295 <= int(refused.headers["retry-after"]) <= 300
 
@@ -104,6 +142,20 @@ async def test_a_hundred_failures_from_one_address_lock_the_address(client, app)
         assert (await attempt(elsewhere, user.email, DEFAULT_PASSWORD)).status_code == 200
 
 
+async def test_successes_never_count_against_their_address(settings, restore_beanie):
+    async with app_client(settings, login_max_failures_per_address=10) as http:
+        users = [await create_user(http) for _ in range(3)]
+        for turn in range(30):
+            await login_pair(http, users[turn % 3].email)
+        # 33 successes from this address, over three times its limit, and still all 10
+        # failures are checked.
+        for _ in range(10):
+            assert (await attempt(http, unique_email())).status_code == 403
+        refused = await attempt(http, users[0].email, DEFAULT_PASSWORD)
+        assert refused.status_code == 429
+        assert len(await counted(address_key("127.0.0.1"))) == 10
+
+
 async def test_simultaneous_failures_never_get_more_than_the_limit_checked(client):
     user = await create_user(client)
     answers = await asyncio.gather(*(attempt(client, user.email) for _ in range(20)))
@@ -111,7 +163,9 @@ async def test_simultaneous_failures_never_get_more_than_the_limit_checked(clien
     assert set(codes) <= {403, 429}
     assert 1 <= codes.count(403) <= 5
     # Exactly the checked attempts are counted; the refused ones were taken back.
-    assert await LoginAttempt.find({"key": email_key(user.email)}).count() == codes.count(403)
+    assert len(await counted(email_key(user.email))) == codes.count(403)
+    stored = await LoginAttempt.find({"key": email_key(user.email)}).count()
+    assert stored == codes.count(403) + 1  # + the login of create_user, a success
 
 
 async def test_attempts_are_stored_without_the_email(client):
@@ -123,6 +177,28 @@ async def test_attempts_are_stored_without_the_email(client):
     )
     assert email not in str(rows)
     assert all(row["expires_at"] - row["at"] == timedelta(seconds=WINDOW) for row in rows)
+
+
+async def test_a_success_is_recorded_on_its_session_without_the_email(client):
+    user = await create_user(client)
+    await attempt(client, user.email)
+    [failure] = await counted(email_key(user.email))
+    pair = await login_pair(client, user.email)
+    first = await RefreshToken.get_pymongo_collection().find_one(
+        {"token_hash": hashlib.sha256(pair["refresh_token"].encode()).hexdigest()}
+    )
+    assert first is not None
+    check = first["password_check"]
+    assert check["email_key"] == email_key(user.email)
+    assert check["address_key"] == address_key("127.0.0.1")
+    # Its own two records, then the failure of its email that it reset.
+    assert len(check["attempt_ids"]) == 3 and check["attempt_ids"][2] == failure["_id"]
+    assert user.email not in str(first)
+    # The tokens of later refreshes record nothing: only a password check begins a session.
+    refreshed = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    digest = hashlib.sha256(refreshed.json()["refresh_token"].encode()).hexdigest()
+    next_token = await RefreshToken.get_pymongo_collection().find_one({"token_hash": digest})
+    assert next_token is not None and next_token["password_check"] is None
 
 
 async def test_password_checks_of_a_logged_in_user_are_throttled_too(client):
@@ -140,6 +216,54 @@ async def test_password_checks_of_a_logged_in_user_are_throttled_too(client):
     )
     assert deletion.status_code == 429
     assert (await client.get("/users/me", headers=user.headers)).status_code == 200
+
+
+async def test_a_password_change_resets_the_email_counter(client):
+    user = await create_user(client)
+    for _ in range(4):
+        assert (await attempt(client, user.email)).status_code == 403
+    changed = await client.put(
+        "/users/me/password",
+        headers=user.headers,
+        json={"current_password": DEFAULT_PASSWORD, "new_password": "a brand new secret"},
+    )
+    assert changed.status_code == 200
+    assert await counted(email_key(user.email)) == []
+    # Without the reset the fifth failure would be the last one checked.
+    for _ in range(5):
+        assert (await attempt(client, user.email)).status_code == 403
+    assert (await attempt(client, user.email, "a brand new secret")).status_code == 429
+
+
+async def test_a_success_does_not_reset_its_address(settings, restore_beanie):
+    """Only the email's counter resets: logging in to an account of one's own does not buy
+    an address more guesses at others."""
+    async with app_client(settings, login_max_failures_per_address=3) as http:
+        user = await create_user(http)
+        for _ in range(2):
+            assert (await attempt(http, unique_email())).status_code == 403
+        await login_pair(http, user.email)
+        assert (await attempt(http, unique_email())).status_code == 403
+        assert (await attempt(http, unique_email())).status_code == 429
+
+
+async def test_deleting_an_account_leaves_its_successes_uncounted(settings, restore_beanie):
+    """Its refresh tokens, which record its successful logins, go with it; the address
+    records of those logins go too rather than start counting as failures."""
+    async with app_client(settings, login_max_failures_per_address=3) as http:
+        user = await create_user(http)
+        again = await login_pair(http, user.email)
+        deleted = await http.request(
+            "DELETE",
+            "/users/me",
+            headers=bearer(again["access_token"]),
+            json={"password": DEFAULT_PASSWORD},
+        )
+        assert deleted.status_code == 204
+        assert await LoginAttempt.find({}).count() == 0
+        for _ in range(3):
+            assert (await attempt(http, unique_email())).status_code == 403
+        assert (await attempt(http, unique_email())).status_code == 429
 
 
 def test_address_keys_group_ipv6_by_64_and_unwrap_mapped_ipv4():

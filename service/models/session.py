@@ -10,6 +10,18 @@ from pymongo import ASCENDING, IndexModel
 REFRESH_TOKEN_MAX = 512  # ours are 43 characters; anything far longer is not one
 
 
+class PasswordCheck(BaseModel):
+    """A password check that succeeded, as the login throttle reads it (service/throttle.py):
+    recorded on the first refresh token of the session it began (a login, a password change).
+    """
+
+    email_key: str  # the throttle's keys: a digest of the email, never the email itself
+    address_key: str
+    # The `login_attempts` that no longer count: the check's own two, and the failures of
+    # its email that it counted (at most LOGIN_MAX_FAILURES_PER_EMAIL - 1): a reset.
+    attempt_ids: list[PydanticObjectId]
+
+
 class RefreshToken(Document):
     """One refresh token of a session. A session (a "family") starts at a login; each refresh
     uses up its token and adds the next one to the same family."""
@@ -26,6 +38,10 @@ class RefreshToken(Document):
     expires_at: datetime
     used_at: datetime | None = None  # set when it is exchanged; a second use is a replay
     revoked_at: datetime | None = None  # set when its family ends
+    # On the first token of a session begun by a password check: that success, so the login
+    # throttle resets the email's counter and leaves the check's own attempts uncounted
+    # without a write of its own. None on the tokens of refreshes (and on older tokens).
+    password_check: PasswordCheck | None = None
 
     class Settings:
         name = "refresh_tokens"
@@ -33,11 +49,16 @@ class RefreshToken(Document):
             # MongoDB deletes each token once it has expired (within its TTL monitor's minute);
             # every lookup also checks expires_at, so a late deletion changes nothing.
             IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),
+            # Each login reads the successes of its email and of its client address within
+            # the throttle's window: one range scan per key.
+            IndexModel([("password_check.email_key", ASCENDING), ("issued_at", ASCENDING)]),
+            IndexModel([("password_check.address_key", ASCENDING), ("issued_at", ASCENDING)]),
         ]
 
 
 class LoginAttempt(Document):
-    """One failed (or still running) login, counted against the email and the client address.
+    """One password check, counted against the email and the client address unless a success
+    lists it in its `RefreshToken.password_check` (its own, or its email's that it reset).
 
     `key` is `email:<sha256 of the normalised email>` or `address:<ip or IPv6 /64>`: the
     email is digested so that whatever an attacker types is stored at a fixed size.

@@ -44,19 +44,23 @@ async def login(
     """Exchange an email (in `username`) and password for an access and a refresh token."""
     email = normalize_email(form.username)
     # Throttled by what was typed, whether or not it is an account's email: an unknown email
-    # is refused exactly as a known one is, so the throttle tells nobody which exist.
-    attempt = await begin_password_check(email or form.username, request, settings)
-    user = await User.find_one(User.email == email) if email else None
+    # is refused exactly as a known one is, so the throttle tells nobody which exist. The
+    # throttle's count reads the account too (one round trip for both), the same commands
+    # whether it exists or not.
+    attempt = await begin_password_check(
+        email or form.username, request, settings, account_email=email
+    )
+    user = User.model_validate(attempt.account) if attempt.account else None
     # An unknown email is checked against a dummy hash: same answer, about the same time.
     valid = await verify_password(form.password, user.hashed_password if user else None, settings)
     if user is None or not valid:
         raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID_CREDENTIALS)
-    await attempt.succeeded()
     if needs_rehash(user.hashed_password, settings.bcrypt_rounds):
         # The only moment the password is at hand: raise an old hash to the configured cost.
         rehashed = await hash_password(form.password, settings)
         await user.set({User.hashed_password: rehashed})
-    return await accounts.start_session(user, settings)
+    # The session's refresh token records the success: the email's counter resets with it.
+    return await accounts.start_session(user, settings, check=attempt.check)
 
 
 @router.post(

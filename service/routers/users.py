@@ -15,6 +15,7 @@ from service.models import (
     id_of,
 )
 from service.models.base import IdIn
+from service.models.session import PasswordCheck
 from service.routers.auth import INVALID_CREDENTIALS, THROTTLED
 from service.routing import CollectionRouter, Responses, error
 from service.security import hash_password, verify_password
@@ -58,13 +59,17 @@ PASSWORD_CHECKED: Responses = {
 
 async def check_password(
     user: User, password: str, request: Request, settings: SettingsDep
-) -> None:
+) -> PasswordCheck:
     """403 unless `password` is the user's; throttled like a login of the user's email, so a
-    stolen access token cannot be used to guess the password either."""
-    attempt = await begin_password_check(user.email, request, settings)
+    stolen access token cannot be used to guess the password either.
+
+    The success is what the caller records with its write (a new session's refresh token, or
+    the deletion of the account's attempts): that resets the email's counter.
+    """
+    attempt = await begin_password_check(user.email, request, settings, account_email=user.email)
     if not await verify_password(password, user.hashed_password, settings):
         raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID_CREDENTIALS)
-    await attempt.succeeded()
+    return attempt.check
 
 
 @router.put("/me/password", responses=PASSWORD_CHECKED)
@@ -72,7 +77,7 @@ async def update_password(
     password_in: PasswordChange, user: CurrentUser, request: Request, settings: SettingsDep
 ) -> TokenPair:
     """Change your password: every session ends, and this answer starts a new one."""
-    await check_password(user, password_in.current_password, request, settings)
+    check = await check_password(user, password_in.current_password, request, settings)
     hashed = await hash_password(password_in.new_password, settings)
     changed = await accounts.end_all_sessions(
         id_of(user), unchanged=user, also_set={"hashed_password": hashed}
@@ -81,7 +86,7 @@ async def update_password(
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, deps.INVALID_CREDENTIALS, headers=deps.BEARER
         )
-    return await accounts.start_session(changed, settings)
+    return await accounts.start_session(changed, settings, check=check)
 
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_CHECKED)
@@ -89,8 +94,8 @@ async def delete_user_me(
     deletion_in: AccountDeletion, user: CurrentUser, request: Request, settings: SettingsDep
 ) -> None:
     """Delete your account, your posts, the votes on them and yours, and your sessions."""
-    await check_password(user, deletion_in.password, request, settings)
-    if not await accounts.delete_account(user):  # the password changed or sessions ended
+    check = await check_password(user, deletion_in.password, request, settings)
+    if not await accounts.delete_account(user, check):  # the password changed or sessions ended
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, deps.INVALID_CREDENTIALS, headers=deps.BEARER
         )
