@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test browser test-browser check-docker login-timing fuzz soak lint format clean
+.PHONY: run test browser test-browser check-docker login-timing fuzz soak bench lint format clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' || \
@@ -56,6 +56,15 @@ fuzz: $(VENV)/.stamp-test
 # 60 s of mixed traffic against `social-api serve` on loopback, then a consistency check.
 soak: $(VENV)/.stamp-test
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+# Throughput, latency, database commands per request and event-loop lag against a seeded store
+# (bench/run.py; options in BENCH_ARGS, see --help), written to BENCHMARKS.md and
+# bench/results.json. Installs Debian's wrk if it is missing (apt-get, as root). BENCH_STARTED,
+# taken when make starts, lets it print the whole time, the venv's creation included.
+bench: BENCH_STARTED := $(shell date +%s.%N)
+bench: $(VENV)/.stamp-test
+	bench/install-wrk
+	BENCH_STARTED=$(BENCH_STARTED) $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .
