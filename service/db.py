@@ -22,7 +22,6 @@ from typing import IO, Any, Literal, Union, get_args, get_origin
 import pymongo
 from beanie import Document, PydanticObjectId, init_beanie
 from beanie.odm.utils.typing import get_index_attributes
-from bson import ObjectId
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
@@ -134,6 +133,8 @@ class EmbeddedStore:
         # Imported here: only the embedded mode needs the emulator loaded.
         from mongoeco.wire.proxy import AsyncMongoEcoProxyServer
 
+        from service.embedded_engine import _engines
+
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         memory_engine, sqlite_engine = _engines()
@@ -152,110 +153,6 @@ class EmbeddedStore:
             await self._stop.wait()
         finally:
             await server.close()
-
-
-_SCALARS = (ObjectId, str, datetime)  # values whose equality has one form
-
-
-def _engines() -> tuple[type[Any], type[Any]]:
-    """mongoeco's two engines, without a full scan of the collection on every insert.
-
-    mongoeco 4.11 checks each document inserted alone (and its wire server inserts one at a
-    time) against every stored `_id` by value, so that ids equal as numbers but stored
-    differently (1 and 1.0) collide. That makes each insert cost O(collection size): tens of
-    milliseconds at ten thousand posts, minutes for a seed. An ObjectId has one stored form,
-    so the engine's own lookup by storage key already finds its duplicate; for ObjectId ids
-    (every id this service writes) the scan is skipped, for any other id it still runs.
-    The memory engine likewise checks a compound unique index (the votes' one) against every
-    document, where single-field ones use its key map; here the map serves both. The SQLite
-    engine still checks those by scanning. `tests/test_embedded.py` checks that duplicate ids
-    and duplicate pairs are still refused.
-    """
-    from mongoeco.engines.memory import MemoryEngine
-    from mongoeco.engines.sqlite import SQLiteEngine
-
-    class ScanFreeMemoryEngine(MemoryEngine):
-        def _ensure_unique_indexes(
-            self, db_name: str, coll_name: str, candidate: dict[str, Any], *args: Any, **kwargs: Any
-        ) -> None:
-            if isinstance(candidate.get("_id"), ObjectId):
-                kwargs["scan_payload_id"] = False
-            indexes_view = kwargs.get("indexes_view")
-            indexes = (
-                (self._indexes if indexes_view is None else indexes_view)
-                .get(db_name, {})
-                .get(coll_name, [])
-            )
-            looked_up = [
-                index
-                for index in indexes
-                if self._check_by_lookup(db_name, coll_name, candidate, index, kwargs)
-            ]
-            if looked_up:
-                rest = [index for index in indexes if index not in looked_up]
-                kwargs["indexes_view"] = {db_name: {coll_name: rest}}
-            super()._ensure_unique_indexes(db_name, coll_name, candidate, *args, **kwargs)
-
-        def _check_by_lookup(
-            self,
-            db_name: str,
-            coll_name: str,
-            candidate: dict[str, Any],
-            index: Any,
-            kwargs: dict[str, Any],
-        ) -> bool:
-            """Check a compound unique index (the votes' (post_id, user_id)) in its own key
-            map, as mongoeco already does for single-field ones, instead of comparing the
-            candidate with every stored document. Only for plain, present, scalar values:
-            True when checked here, False to leave the index to mongoeco."""
-            fields = index["fields"]
-            if not index.get("unique") or len(fields) < 2 or index.get("collation") is not None:
-                return False
-            if index.get("partial_filter_expression") or index.get("sparse"):
-                return False
-            if not all("." not in f and isinstance(candidate.get(f), _SCALARS) for f in fields):
-                return False
-            data_view = kwargs.get("index_data_view")
-            index_map = (
-                (self._index_data if data_view is None else data_view)
-                .get(db_name, {})
-                .get(coll_name, {})
-                .get(index["name"])
-            )
-            if index_map is None:
-                return False
-            key = self._index_key(candidate, fields)
-            # The document being replaced, in the same form mongoeco's own check uses.
-            exclude = kwargs.get("exclude_storage_key")
-            storage_view = kwargs.get("storage_view")
-            stored = (
-                (self._storage if storage_view is None else storage_view)
-                .get(db_name, {})
-                .get(coll_name, {})
-            )
-            if exclude is not None and exclude not in stored:
-                exclude = self._storage_key(exclude)
-            if any(match != exclude for match in index_map.get(key, ())):
-                raise self._unique_key_error(  # type: ignore[no-untyped-call]
-                    f"Duplicate key for unique index '{index['name']}': {fields}={key!r}",
-                    f"{db_name}.{coll_name}",
-                    candidate,
-                    index=index,
-                    conflict=key,
-                )
-            return True
-
-    class ScanFreeSQLiteEngine(SQLiteEngine):
-        def _validate_document_against_unique_indexes(
-            self, db_name: str, coll_name: str, document: dict[str, Any], **kwargs: Any
-        ) -> None:
-            if isinstance(document.get("_id"), ObjectId):
-                kwargs["scan_payload_id"] = False
-            super()._validate_document_against_unique_indexes(
-                db_name, coll_name, document, **kwargs
-            )
-
-    return ScanFreeMemoryEngine, ScanFreeSQLiteEngine
 
 
 def embedded_banner(store: EmbeddedStore) -> str:

@@ -2,6 +2,8 @@
 
 import base64
 import json
+import os
+import threading
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -162,3 +164,13 @@ def test_a_wrong_password_on_a_cheaper_hash_costs_what_an_unknown_email_costs(
     assert len(counter.hashes) == checks
     if checks == 2:
         assert counter.hashes[1] == security._dummy_hash(8)
+
+
+def test_hashes_run_at_a_lower_priority_than_the_event_loop():
+    """Where cores are shared, a hash waits rather than a read (see security.HASH_NICENESS)."""
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    expected = min(19, priority() + security.HASH_NICENESS)
+    assert security._hash_pool.submit(priority).result() == expected

@@ -161,11 +161,18 @@ async def test_simultaneous_failures_never_get_more_than_the_limit_checked(clien
     answers = await asyncio.gather(*(attempt(client, user.email) for _ in range(20)))
     codes = [answer.status_code for answer in answers]
     assert set(codes) <= {403, 429}
-    assert 1 <= codes.count(403) <= 5
+    # At most the limit is checked. A burst may refuse more than it strictly had to (when
+    # every attempt is written before any counts, all are refused): the limit errs on the
+    # closed side, and what was refused is taken back, so the email is not locked by it.
+    checked = codes.count(403)
+    assert checked <= 5
     # Exactly the checked attempts are counted; the refused ones were taken back.
-    assert len(await counted(email_key(user.email))) == codes.count(403)
+    assert len(await counted(email_key(user.email))) == checked
     stored = await LoginAttempt.find({"key": email_key(user.email)}).count()
-    assert stored == codes.count(403) + 1  # + the login of create_user, a success
+    assert stored == checked + 1  # + the login of create_user, a success
+    # So the email is locked if and only if the limit was checked, and its next attempt says so.
+    after = await attempt(client, user.email)
+    assert after.status_code == (429 if checked == 5 else 403)
 
 
 async def test_attempts_are_stored_without_the_email(client):

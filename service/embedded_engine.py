@@ -1,0 +1,1472 @@
+"""The embedded store's mongoeco engines, with the scans they need not do replaced by lookups.
+
+Imported only in embedded mode (service/db.py imports it when it starts the store), since it
+loads the emulator. Everything here answers exactly what mongoeco's own engines answer, only
+sooner: where a shortcut cannot prove that, the engine's own code runs.
+
+The memory engine's reads (`IndexedMemoryEngine`). mongoeco 4.11 uses an index only for
+equality on a single-field one; any other find scans every document with a generic matcher
+and then sorts with a generic comparator. Here finds (and an aggregation's leading
+`$match`/`$sort`/`$skip`/`$limit`, which mongoeco hands to the engine as a find) and counts of
+committed data, without collation, hint or text query, go one of these ways:
+
+- The filter is an equality prefix of a declared index, or an `$or` of such branches (either
+  ANDed with anything else): candidates come from ordered copies of those indexes, in the
+  sort's order when the rest of the index is the sort (the branches merged, stopping at skip
+  + limit), or else the few candidates in the collection's order. A count of exactly such
+  equalities is counted in the index.
+- Otherwise, or for a sorted read without a limit over many candidates: one pass over the
+  collection, then a sort of the matches by their plain values.
+- Either way through a plain-Python test compiled from the filter (equality, `$and`, `$or`,
+  `$regex`), which hands any document it is not sure of to the engine's own matcher, with the
+  whole filter.
+
+Whatever these paths cannot vouch for (values Python does not order or compare as MongoDB
+does: null, missing, arrays, mixed types...) takes mongoeco's own path. The ordered copies
+follow writes, and are rebuilt from mongoeco's index map whenever they might differ
+(`_OrderedIndex`). `tests/test_embedded_engine.py` compares every path with mongoeco's.
+"""
+
+import bisect
+import heapq
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from itertools import islice
+from operator import itemgetter
+from typing import Any, cast
+
+from bson import ObjectId
+from mongoeco.core._filtering_support import compile_regex
+from mongoeco.core.bson_ordering import bson_equality_key
+from mongoeco.core.codec import DocumentCodec
+from mongoeco.core.operation_limits import enforce_deadline
+from mongoeco.core.query_plan import (
+    AndCondition,
+    EqualsCondition,
+    ExistsCondition,
+    GreaterThanCondition,
+    GreaterThanOrEqualCondition,
+    InCondition,
+    LessThanCondition,
+    LessThanOrEqualCondition,
+    MatchAll,
+    NotEqualsCondition,
+    NotInCondition,
+    OrCondition,
+    QueryNode,
+    RegexCondition,
+)
+from mongoeco.engines._memory_collection import MemoryCollection, MemoryIndexMap
+from mongoeco.engines.memory import MemoryEngine, _StoredDocument
+from mongoeco.engines.semantic_core import EngineFindSemantics, stream_finalize_documents
+from mongoeco.engines.sqlite import SQLiteEngine
+from mongoeco.session import ClientSession
+
+_SCALARS = (ObjectId, str, datetime)  # values whose equality has one form
+
+
+def _engines() -> tuple[type[Any], type[Any]]:
+    """mongoeco's two engines, without a full scan of the collection on every insert.
+
+    mongoeco 4.11 checks each document inserted alone (and its wire server inserts one at a
+    time) against every stored `_id` by value, so that ids equal as numbers but stored
+    differently (1 and 1.0) collide. That makes each insert cost O(collection size): tens of
+    milliseconds at ten thousand posts, minutes for a seed. An ObjectId has one stored form,
+    so the engine's own lookup by storage key already finds its duplicate; for ObjectId ids
+    (every id this service writes) the scan is skipped, for any other id it still runs.
+    The memory engine likewise checks a compound unique index (the votes' one) against every
+    document, where single-field ones use its key map; here the map serves both. The SQLite
+    engine still checks those by scanning. `tests/test_embedded.py` checks that duplicate ids
+    and duplicate pairs are still refused.
+
+    The memory engine also reads through its indexes (`IndexedMemoryEngine`, below);
+    `tests/test_embedded_engine.py` compares its answers with mongoeco's own. And a
+    `$unionWith` reads only what its opening `$match` selects (`install_union_pushdown`).
+    """
+    install_union_pushdown()
+    return IndexedMemoryEngine, ScanFreeSQLiteEngine
+
+
+# Query operators a `$unionWith`'s opening `$match` may use to be read as a find: plain
+# comparisons of stored values, nothing that evaluates expressions or variables.
+_FIND_OPERATORS = frozenset(
+    {"$and", "$or", "$in", "$eq", "$gt", "$gte", "$lt", "$lte", "$exists", "$type"}
+)
+# How often a union was read through its `$match` (tests check that the path is taken).
+union_pushdowns: Counter[str] = Counter()
+
+
+def _plain_filter(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(
+            (not key.startswith("$") or key in _FIND_OPERATORS) and _plain_filter(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return all(_plain_filter(item) for item in value)
+    return True
+
+
+def union_filters(pipeline: Any) -> dict[str, dict[str, Any]]:
+    """The collections a pipeline names only once, in a `$unionWith` whose own pipeline opens
+    with a plain `$match`: that match, by collection."""
+    references: Counter[str] = Counter()
+    filters: dict[str, dict[str, Any]] = {}
+
+    def walk(stages: Any) -> None:
+        for stage in stages if isinstance(stages, list) else []:
+            if not isinstance(stage, dict) or len(stage) != 1:
+                continue
+            [(name, spec)] = stage.items()
+            if name == "$unionWith" and isinstance(spec, str):
+                references[spec] += 1
+            elif name == "$unionWith" and isinstance(spec, dict):
+                collection, inner = spec.get("coll"), spec.get("pipeline") or []
+                if not isinstance(collection, str):
+                    continue
+                references[collection] += 1
+                opening = inner[0] if isinstance(inner, list) and inner else {}
+                match = opening.get("$match") if isinstance(opening, dict) else None
+                if len(opening) == 1 and isinstance(match, dict) and _plain_filter(match):
+                    filters[collection] = match
+                walk(inner)
+            elif name == "$lookup" and isinstance(spec, dict):
+                references[str(spec.get("from"))] += 1
+                walk(spec.get("pipeline"))
+            elif name == "$facet" and isinstance(spec, dict):
+                for inner in spec.values():
+                    walk(inner)
+
+    walk(pipeline)
+    return {name: match for name, match in filters.items() if references[name] == 1}
+
+
+def install_union_pushdown() -> None:
+    """Make mongoeco's aggregations read a `$unionWith`'s collection through its `$match`.
+
+    mongoeco 4.11 loads every document of a collection that a `$unionWith` or `$lookup` names
+    and only then runs the stage's pipeline over them, so a login's union with the window's
+    attempts and the sessions that succeeded cost a pass over both whole collections. When a
+    collection is named once, by a `$unionWith` whose pipeline opens with a plain `$match`,
+    it is read as a find with that filter instead (through the engine's indexes); the stage
+    still applies the `$match` itself, so the answer is the same. Anything else is loaded as
+    mongoeco loads it.
+    """
+    from mongoeco.api._async.aggregation_cursor import AsyncAggregationCursor
+    from mongoeco.api.operations import compile_find_operation
+    from mongoeco.compat import MONGODB_DIALECT_70
+
+    cursor: Any = AsyncAggregationCursor
+    if getattr(cursor, "_union_pushdown", False):
+        return
+    load_all = cursor._load_collection_documents
+
+    async def load(self: Any, collection_name: str) -> list[Any]:
+        match = union_filters(self._effective_pipeline()).get(collection_name)
+        if match is None:
+            return list(await load_all(self, collection_name))
+        union_pushdowns[collection_name] += 1
+        operation = compile_find_operation(
+            match,
+            comment=self._comment,
+            max_time_ms=self._max_time_ms,
+            dialect=getattr(self._collection, "mongodb_dialect", MONGODB_DIALECT_70),
+        )
+        return [
+            document
+            async for document in self._scan_collection_with_operation(collection_name, operation)
+        ]
+
+    cursor._load_collection_documents = load
+    cursor._union_pushdown = True
+
+
+class ScanFreeMemoryEngine(MemoryEngine):
+    def _ensure_unique_indexes(
+        self, db_name: str, coll_name: str, candidate: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> None:
+        if isinstance(candidate.get("_id"), ObjectId):
+            kwargs["scan_payload_id"] = False
+        indexes_view = kwargs.get("indexes_view")
+        indexes = (
+            (self._indexes if indexes_view is None else indexes_view)
+            .get(db_name, {})
+            .get(coll_name, [])
+        )
+        looked_up = [
+            index
+            for index in indexes
+            if self._check_by_lookup(db_name, coll_name, candidate, index, kwargs)
+        ]
+        if looked_up:
+            rest = [index for index in indexes if index not in looked_up]
+            kwargs["indexes_view"] = {db_name: {coll_name: rest}}
+        super()._ensure_unique_indexes(db_name, coll_name, candidate, *args, **kwargs)
+
+    def _check_by_lookup(
+        self,
+        db_name: str,
+        coll_name: str,
+        candidate: dict[str, Any],
+        index: Any,
+        kwargs: dict[str, Any],
+    ) -> bool:
+        """Check a compound unique index (the votes' (post_id, user_id)) in its own key
+        map, as mongoeco already does for single-field ones, instead of comparing the
+        candidate with every stored document. Only for plain, present, scalar values:
+        True when checked here, False to leave the index to mongoeco."""
+        fields = index["fields"]
+        if not index.get("unique") or len(fields) < 2 or index.get("collation") is not None:
+            return False
+        if index.get("partial_filter_expression") or index.get("sparse"):
+            return False
+        if not all("." not in f and isinstance(candidate.get(f), _SCALARS) for f in fields):
+            return False
+        data_view = kwargs.get("index_data_view")
+        index_map = (
+            (self._index_data if data_view is None else data_view)
+            .get(db_name, {})
+            .get(coll_name, {})
+            .get(index["name"])
+        )
+        if index_map is None:
+            return False
+        key = self._index_key(candidate, fields)
+        # The document being replaced, in the same form mongoeco's own check uses.
+        exclude = kwargs.get("exclude_storage_key")
+        storage_view = kwargs.get("storage_view")
+        stored = (
+            (self._storage if storage_view is None else storage_view)
+            .get(db_name, {})
+            .get(coll_name, {})
+        )
+        if exclude is not None and exclude not in stored:
+            exclude = self._storage_key(exclude)
+        if any(match != exclude for match in index_map.get(key, ())):
+            raise self._unique_key_error(  # type: ignore[no-untyped-call]
+                f"Duplicate key for unique index '{index['name']}': {fields}={key!r}",
+                f"{db_name}.{coll_name}",
+                candidate,
+                index=index,
+                conflict=key,
+            )
+        return True
+
+
+class ScanFreeSQLiteEngine(SQLiteEngine):
+    def _validate_document_against_unique_indexes(
+        self, db_name: str, coll_name: str, document: dict[str, Any], **kwargs: Any
+    ) -> None:
+        if isinstance(document.get("_id"), ObjectId):
+            kwargs["scan_payload_id"] = False
+        super()._validate_document_against_unique_indexes(db_name, coll_name, document, **kwargs)
+
+
+# Index keys are tuples of mongoeco's equality keys, one per field: ("bool", True),
+# ("str", "x"), ("objectid", oid), ("datetime", naive UTC in ms), ("number", Decimal). For
+# these, and for one kind per field, Python's order of the keys is MongoDB's order of the
+# values. Anything else (null or missing: "none"; arrays: "list"; documents, binaries,
+# floats that are not small integers...) makes the index unusable here until it is gone.
+_ORDERED_TAGS = frozenset({"bool", "str", "objectid", "datetime"})
+_EXACT_INTEGERS = Decimal(2**53)  # up to here a double holds every integer exactly
+
+
+def _tag(component: Any) -> str | None:
+    """The kind of one field's key, if keys of that kind sort as MongoDB sorts values."""
+    if type(component) is not tuple or len(component) != 2:
+        return None
+    tag, value = component
+    if tag in _ORDERED_TAGS:
+        return str(tag)
+    if (
+        tag == "number"
+        and type(value) is Decimal
+        and value.is_finite()
+        and value == value.to_integral_value()
+        and abs(value) < _EXACT_INTEGERS
+    ):
+        return "number"
+    return None
+
+
+def _ordered_key(key: Any, width: int) -> tuple[list[str], tuple[Any, ...]] | None:
+    """The kinds of an index key's fields and the key as the ordered copy stores it, with
+    each ObjectId as its 12 bytes (the same order, but compared in C rather than in
+    Python); None if a field is not of an ordered kind."""
+    if type(key) is not tuple or len(key) != width:
+        return None
+    tags: list[str] = []
+    sortable: list[Any] = []
+    for component in key:
+        tag = _tag(component)
+        if tag is None:
+            return None
+        tags.append(tag)
+        sortable.append((tag, component[1].binary) if tag == "objectid" else component)
+    return tags, tuple(sortable)
+
+
+def _sortable(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A query's key in the ordered copy's form (see `_ordered_key`)."""
+    return tuple(
+        (c[0], c[1].binary) if type(c) is tuple and len(c) == 2 and c[0] == "objectid" else c
+        for c in key
+    )
+
+
+_entry_key = itemgetter(0)
+
+# The mongoeco internals the memory engine's reads rely on (4.11). If a release renames them,
+# IndexedMemoryEngine reads as ScanFreeMemoryEngine does rather than fail.
+_INTERNALS = all(
+    (
+        hasattr(MemoryIndexMap(), "_buckets"),
+        hasattr(MemoryCollection(), "_values"),
+        hasattr(MemoryEngine, "_record_index_membership_undo_locked"),
+        hasattr(MemoryEngine, "_update_indexes_locked"),
+        hasattr(MemoryEngine, "_purge_expired_documents_locked"),
+        hasattr(MemoryEngine, "_borrow_public_storage_document"),
+        "decoded_wrapped" in getattr(_StoredDocument, "__slots__", ()),
+    )
+)
+
+
+class _Stale(Exception):
+    """An ordered copy disagrees with the index or the collection: drop it, read the stock way."""
+
+
+@dataclass(eq=False)
+class _OrderedIndex:
+    """One index's (key, storage key) entries, sorted by key, for one version of the index
+    (keys as `_sortable` makes them).
+
+    `buckets` is the persistent root of mongoeco's own map of that index (an immutable
+    rpds.HashTrieMap, which every change replaces) that the entries were derived from; it is
+    held, so its identity cannot be reused. The engine's write hook moves the entries along
+    when it sees the root it knows replaced by the next one; any change it does not see
+    (rollback, transaction commit, rebuild, drop) leaves a root it does not know, and the next
+    read rebuilds. So a stale copy costs a rebuild, never a wrong answer.
+    """
+
+    spec: tuple[Any, ...]
+    buckets: Any
+    entries: list[tuple[tuple[Any, ...], Any]]
+    unordered: int = 0  # members whose key is not of an ordered kind: none, list, ...
+    kinds: list[dict[str, int]] = field(default_factory=list)  # per field: kind -> members
+    record: Any = None  # the index's record it was built for (its spec decides)
+
+    @classmethod
+    def build(cls, spec: tuple[Any, ...], buckets: Any) -> "_OrderedIndex":
+        """Every entry of the index version `buckets`, sorted."""
+        width = len(spec[1])
+        index = cls(spec, buckets, [], 0, [{} for _ in range(width)])
+        entries = index.entries
+        for key, members in buckets.items():
+            ordered = _ordered_key(key, width)
+            if ordered is None:
+                index.unordered += len(members)
+                continue
+            tags, sortable = ordered
+            for kinds, tag in zip(index.kinds, tags, strict=True):
+                kinds[tag] = kinds.get(tag, 0) + len(members)
+            entries.extend((sortable, member) for member in members)
+        entries.sort(key=_entry_key)
+        return index
+
+    def change(self, key: tuple[Any, ...], storage_key: Any, *, added: bool) -> None:
+        """Apply one membership change; raise _Stale if the entries disagree."""
+        ordered = _ordered_key(key, len(self.kinds))
+        step = 1 if added else -1
+        if ordered is None:
+            self.unordered += step
+            if self.unordered < 0:
+                raise _Stale("more unordered members removed than added")
+            return
+        tags, key = ordered
+        for kinds, tag in zip(self.kinds, tags, strict=True):
+            count = kinds.get(tag, 0) + step
+            if count > 0:
+                kinds[tag] = count
+            elif count == 0:
+                del kinds[tag]
+            else:
+                raise _Stale("more members of a kind removed than added")
+        entries = self.entries
+        if added:
+            bisect.insort_right(entries, (key, storage_key), key=_entry_key)
+            return
+        low = bisect.bisect_left(entries, key, key=_entry_key)
+        high = bisect.bisect_right(entries, key, lo=low, key=_entry_key)
+        for position in range(low, high):
+            if entries[position][1] == storage_key:
+                del entries[position]
+                return
+        raise _Stale("removed member not among the entries")
+
+    def kind(self, position: int) -> str | None:
+        """The one kind of key the field at `position` holds, None if several (or none)."""
+        kinds = self.kinds[position]
+        return next(iter(kinds)) if len(kinds) == 1 else None
+
+    def span(self, prefix: tuple[Any, ...]) -> tuple[int, int]:
+        """The entries whose key starts with `prefix`, as a slice."""
+        width = len(prefix)
+
+        def head(entry: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
+            return entry[0][:width]
+
+        low = bisect.bisect_left(self.entries, prefix, key=head)
+        return low, bisect.bisect_right(self.entries, prefix, lo=low, key=head)
+
+
+def _index_spec(record: Any) -> tuple[Any, ...]:
+    return (
+        record.name,
+        tuple(record.fields),
+        tuple((name, direction) for name, direction in record.key),
+        bool(record.unique),
+        bool(record.sparse),
+        bool(record.hidden),
+        record.collation,
+        record.partial_filter_expression,
+        record.expire_after_seconds,
+        record.weights,
+    )
+
+
+def _plain_index(record: Any) -> bool:
+    """A B-tree-like index on top-level fields covering every document of the collection."""
+    return (
+        record.name != "_id_"
+        and not record.sparse
+        and not record.hidden
+        and record.collation is None
+        and record.partial_filter_expression is None
+        and record.expire_after_seconds is None
+        and record.weights is None
+        and all(
+            "." not in name and not name.startswith("$") and type(d) is int and d in (1, -1)
+            for name, d in record.key
+        )
+    )
+
+
+# --- The filter's shape -------------------------------------------------------------------
+
+
+def _conjuncts(node: QueryNode) -> list[QueryNode]:
+    if isinstance(node, AndCondition):
+        return [leaf for clause in node.clauses for leaf in _conjuncts(clause)]
+    return [node]
+
+
+def _equality(node: QueryNode) -> tuple[str, Any] | None:
+    """(field, index key) if the node is an equality an index can answer."""
+    if (
+        isinstance(node, EqualsCondition)
+        and not node.null_matches_undefined
+        and "." not in node.field
+        and not node.field.startswith("$")
+    ):
+        key = bson_equality_key(node.value)
+        if _tag(key) is not None:
+            return node.field, key
+    return None
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """One branch of the filter's disjunction: the equalities every match of it satisfies.
+
+    `exact` when the branch is nothing but those equalities (so an index whose prefix is
+    exactly them holds exactly its matches)."""
+
+    equalities: dict[str, Any]
+    exact: bool
+
+
+def _merge_equalities(nodes: Iterable[QueryNode], into: dict[str, Any]) -> bool:
+    """Add the nodes' equalities to `into`; True if the nodes are nothing but equalities
+    that agree with each other."""
+    exact = True
+    for node in nodes:
+        equality = _equality(node)
+        if equality is None:
+            exact = False
+            continue
+        name, key = equality
+        if name in into and into[name] != key:
+            exact = False  # contradictory: a superset (the first value) is still right
+            continue
+        into[name] = key
+    return exact
+
+
+def _disjunctions(plan: QueryNode) -> Iterator[list[_Branch]]:
+    """Ways to see the filter as an OR of branches with equalities, best first: the top-level
+    equalities alone, then each top-level $or with the top-level equalities in each branch."""
+    conjuncts = _conjuncts(plan)
+    top: dict[str, Any] = {}
+    top_exact = _merge_equalities(conjuncts, top)
+    if top:
+        yield [_Branch(top, top_exact)]
+    for position, conjunct in enumerate(conjuncts):
+        if not isinstance(conjunct, OrCondition) or not conjunct.clauses:
+            continue
+        others: dict[str, Any] = {}
+        others_exact = _merge_equalities(conjuncts[:position] + conjuncts[position + 1 :], others)
+        branches = []
+        for clause in conjunct.clauses:
+            equalities = dict(others)
+            exact = _merge_equalities(_conjuncts(clause), equalities) and others_exact
+            branches.append(_Branch(equalities, exact))
+        if all(branch.equalities for branch in branches):
+            yield branches
+
+
+# Node kinds whose evaluation cannot fail or differ by document in a way the engine would
+# report (an error): a filter of only these may skip documents. Others (e.g. $where, $expr,
+# $jsonSchema, geo) go to mongoeco as they are.
+_SAFE_NODES = (
+    MatchAll,
+    EqualsCondition,
+    NotEqualsCondition,
+    GreaterThanCondition,
+    GreaterThanOrEqualCondition,
+    LessThanCondition,
+    LessThanOrEqualCondition,
+    InCondition,
+    NotInCondition,
+    ExistsCondition,
+    RegexCondition,
+    AndCondition,
+    OrCondition,
+)
+
+
+def _safe(node: QueryNode) -> bool:
+    if isinstance(node, AndCondition | OrCondition):
+        return all(_safe(clause) for clause in node.clauses)
+    if isinstance(node, RegexCondition):
+        try:
+            compile_regex(node.pattern, node.options)
+        except Exception:
+            return False
+    return isinstance(node, _SAFE_NODES)
+
+
+# --- The native matcher ----------------------------------------------------------------------
+
+
+class _NotPlain(Exception):
+    """The document holds something other than a plain scalar where the filter looks."""
+
+
+type _Predicate = Callable[[dict[str, Any]], bool]
+_MISSING = object()
+_REGEX_SPECIALS = frozenset(".^$*+?{}[]\\|()")
+
+
+def _literal(pattern: str) -> str | None:
+    """The text an ASCII regex matches if it is a plain literal (as re.escape writes one)."""
+    text: list[str] = []
+    characters = iter(pattern)
+    for character in characters:
+        if not character.isascii() or not character.isprintable():
+            return None
+        if character == "\\":
+            escaped = next(characters, None)
+            if escaped is None or not escaped.isascii() or escaped.isalnum() or escaped == "_":
+                return None
+            if not escaped.isprintable():
+                return None
+            text.append(escaped)
+        elif character in _REGEX_SPECIALS:
+            return None
+        else:
+            text.append(character)
+    return "".join(text)
+
+
+class _Source:
+    """A generated matcher's source: one expression, its constants kept out of the text."""
+
+    def __init__(self) -> None:
+        self.constants: list[Any] = []
+        self.locals = 0
+
+    def constant(self, value: Any) -> str:
+        self.constants.append(value)
+        return f"K[{len(self.constants) - 1}]"
+
+    def local(self) -> str:
+        self.locals += 1
+        return f"v{self.locals}"
+
+    def expression(self, node: QueryNode) -> str | None:
+        """The node as an expression on the document `d`, True or False when the values it
+        reads are plain, else raising _NotPlain (by calling `np()`); None if the node is
+        not one of the simple kinds."""
+        if isinstance(node, MatchAll):
+            return "True"
+        if isinstance(node, AndCondition | OrCondition):
+            parts = [self.expression(clause) for clause in node.clauses]
+            if not parts or any(part is None for part in parts):
+                return None
+            joiner = " and " if isinstance(node, AndCondition) else " or "
+            return "(" + joiner.join(part for part in parts if part is not None) + ")"
+        field = getattr(node, "field", None)
+        if not isinstance(field, str) or "." in field or field.startswith("$"):
+            return None
+        v, name = self.local(), self.constant(field)
+        read = f"({v} := d.get({name}, M))"
+        if isinstance(node, EqualsCondition):
+            value = node.value
+            if node.null_matches_undefined:
+                return None
+            if type(value) in (bool, int, str):
+                plain = f"type({read}) is {type(value).__name__}"
+            elif isinstance(value, ObjectId):
+                plain = f"isinstance({read}, OID)"
+            elif type(value) is datetime and value.tzinfo is None:
+                plain = f"type({read}) is DT and {v}.tzinfo is None"
+            else:
+                return None
+            return f"(({v} == {self.constant(value)}) if {plain} else np())"
+        if isinstance(node, RegexCondition):
+            regex = self.constant(compile_regex(node.pattern, node.options))
+            search = f"({regex}.search({v}) is not None)"
+            literal = _literal(node.pattern) if node.options in ("", "i") else None
+            if literal is not None and node.options == "i":
+                # For ASCII text and an ASCII literal, IGNORECASE is ASCII case folding;
+                # other text goes to the regex (whose Unicode folding matches U+017F to s).
+                folded = self.constant(literal.lower())
+                search = f"(({folded} in {v}.lower()) if {v}.isascii() else {search})"
+            elif literal is not None:
+                search = f"({self.constant(literal)} in {v})"
+            return f"({search} if type({read}) is str else np())"
+        return None
+
+
+def _not_plain() -> bool:
+    raise _NotPlain
+
+
+def _predicate(node: QueryNode) -> _Predicate | None:
+    """A plain-Python test of the filter on documents whose fields it reads are plain
+    scalars (raising _NotPlain otherwise), or None if the filter has other kinds of node.
+    Generated as one expression, as mongoeco's CompiledQuery does, to save calls per
+    document; the constants (field names, values, patterns) are passed in, never written
+    into the source."""
+    source = _Source()
+    expression = source.expression(node)
+    if expression is None:
+        return None
+    namespace: dict[str, Any] = {
+        "K": source.constants,
+        "M": _MISSING,
+        "OID": ObjectId,
+        "DT": datetime,
+        "np": _not_plain,
+    }
+    exec(f"def test(d):\n    return {expression}\n", namespace)
+    test: _Predicate = namespace["test"]
+    return test
+
+
+class _NativeMatcher:
+    """The engine's matcher, answered in plain Python where the document allows.
+
+    Stands in for semantics.compiled_query (mongoeco calls only its `match`). The plain test
+    answers only when every value it reads is a plain scalar of the query value's type (or a
+    string, for a regex), where its answer is the engine's; on anything else (arrays, null,
+    missing fields, other types) the whole document goes to the engine's own matcher. Clauses
+    are tried in the engine's order and stop at the same place, so a clause the plain test
+    never reaches is one the engine would not have evaluated either."""
+
+    def __init__(self, test: _Predicate, stock: Any, stats: Counter[str]) -> None:
+        self.test = test
+        self.stock = stock
+        self._stats = stats
+
+    def match(self, document: dict[str, Any], *, variables: Any = None) -> bool:
+        try:
+            return self.test(document)
+        except _NotPlain:
+            self._stats["matcher_fallbacks"] += 1
+            return bool(self.stock.match(document, variables=variables))
+
+
+# --- The engine ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """A branch's candidates: entries[low:high] of an ordered index, whose keys' `prefix`
+    first components are the branch's equalities."""
+
+    index: _OrderedIndex
+    low: int
+    high: int
+    prefix: int
+    exact: bool
+
+    def __len__(self) -> int:
+        return self.high - self.low
+
+    def positions(self, direction: int) -> range:
+        if direction == 1:
+            return range(self.low, self.high)
+        return range(self.high - 1, self.low - 1, -1)
+
+    def stream(self, direction: int, width: int) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        """(sort key, storage key) of each entry, in the sort's direction."""
+        entries = self.index.entries
+        start, stop = self.prefix, self.prefix + width
+        for position in self.positions(direction):
+            key, storage_key = entries[position]
+            yield key[start:stop], storage_key
+
+
+class IndexedMemoryEngine(ScanFreeMemoryEngine):
+    """The memory engine, reading through ordered copies of its indexes where it can.
+
+    `index_stats` counts which way reads went (tests use it to see that they do): reads of
+    index ranges in the sort's order (ordered_finds), of a few index candidates sorted by
+    their keys (index_sorts) or in the collection's order (index_finds, index_counts); whole
+    scans with the native matcher (scan_finds, scan_sorts, scan_counts); mongoeco's own
+    (stock_finds, stock_counts); and rebuilds of ordered copies, documents given to the
+    matcher on these paths (matched_documents), and those it left to the engine's matcher
+    (matcher_fallbacks).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._ordered: dict[tuple[str, str], dict[str, _OrderedIndex]] = {}
+        self._touched: list[tuple[str, tuple[Any, ...]]] | None = None
+        self.index_stats: Counter[str] = Counter()
+        self.index_reads = _INTERNALS  # False: read as ScanFreeMemoryEngine does
+        super().__init__(*args, **kwargs)
+
+    # Keeping the ordered copies in step with writes.
+
+    def _update_indexes_locked(
+        self,
+        db_name: str,
+        coll_name: str,
+        storage_key: Any,
+        document: dict[str, Any],
+        *,
+        action: str = "insert",
+        index_data_view: dict[str, Any] | None = None,
+        indexes_view: dict[str, Any] | None = None,
+    ) -> None:
+        tracked = self._ordered.get((db_name, coll_name))
+        if not tracked or (index_data_view is not None and index_data_view is not self._index_data):
+            # Nothing to keep, or another view (a transaction's): the committed copy's root
+            # no longer matches after its commit, which rebuilds.
+            super()._update_indexes_locked(
+                db_name,
+                coll_name,
+                storage_key,
+                document,
+                action=action,
+                index_data_view=index_data_view,
+                indexes_view=indexes_view,
+            )
+            return
+        maps = self._index_data.get(db_name, {}).get(coll_name, {})
+        before = {
+            name: index_map
+            for name, index_map in maps.items()
+            if name in tracked
+            and isinstance(index_map, MemoryIndexMap)
+            and index_map._buckets is tracked[name].buckets
+        }
+        # The keys mongoeco adds or removes, as it records them for its own undo.
+        touched: list[tuple[str, tuple[Any, ...]]] = []
+        outer, self._touched = self._touched, touched
+        try:
+            super()._update_indexes_locked(
+                db_name,
+                coll_name,
+                storage_key,
+                document,
+                action=action,
+                index_data_view=index_data_view,
+                indexes_view=indexes_view,
+            )
+        finally:
+            self._touched = outer
+        if not before:
+            return
+        records = (self._indexes if indexes_view is None else indexes_view).get(db_name, {})
+        specs = {record.name: record for record in records.get(coll_name, [])}
+        for name, index_map in before.items():
+            ordered = tracked.get(name)
+            if ordered is None:
+                continue
+            after = index_map._buckets
+            if after is ordered.buckets:
+                continue
+            record = specs.get(name)
+            if record is None or (
+                record is not ordered.record and _index_spec(record) != ordered.spec
+            ):
+                del tracked[name]
+                continue
+            keys = dict.fromkeys(key for index, key in touched if index == name)
+            try:
+                if not keys:
+                    raise _Stale("the index changed in a way the hook did not see")
+                distinct = len(ordered.buckets)
+                for key in keys:
+                    old, new = ordered.buckets.get(key), after.get(key)
+                    distinct += (new is not None) - (old is not None)
+                    was = old is not None and storage_key in old
+                    now = new is not None and storage_key in new
+                    if was != now:
+                        ordered.change(key, storage_key, added=now)
+                if distinct != len(after):
+                    raise _Stale("keys came or went that the hook did not see")
+            except _Stale:
+                del tracked[name]  # rebuilt at the next read
+                continue
+            ordered.buckets = after
+
+    def _record_index_membership_undo_locked(
+        self,
+        db_name: str,
+        coll_name: str,
+        index_name: str,
+        key: tuple[Any, ...],
+        storage_key: Any,
+        **kwargs: Any,
+    ) -> None:
+        if self._touched is not None:
+            self._touched.append((index_name, key))
+        super()._record_index_membership_undo_locked(
+            db_name, coll_name, index_name, key, storage_key, **kwargs
+        )
+
+    def _ordered_index(self, db_name: str, coll_name: str, record: Any) -> _OrderedIndex | None:
+        """The ordered copy of the committed index, rebuilt if it is not of its version."""
+        index_map = self._index_data.get(db_name, {}).get(coll_name, {}).get(record.name)
+        if not isinstance(index_map, MemoryIndexMap):
+            return None
+        spec = _index_spec(record)
+        tracked = self._ordered.setdefault((db_name, coll_name), {})
+        ordered = tracked.get(record.name)
+        if ordered is None or ordered.spec != spec or ordered.buckets is not index_map._buckets:
+            self.index_stats["rebuilds"] += 1
+            ordered = _OrderedIndex.build(spec, index_map._buckets)
+            ordered.record = record
+            tracked[record.name] = ordered
+        return ordered
+
+    async def drop_collection(
+        self, db_name: str, coll_name: str, *args: Any, **kwargs: Any
+    ) -> None:
+        try:
+            await super().drop_collection(db_name, coll_name, *args, **kwargs)
+        finally:
+            self._ordered.pop((db_name, coll_name), None)
+
+    async def drop_database(self, db_name: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().drop_database(db_name, *args, **kwargs)
+        finally:
+            for namespace in [n for n in self._ordered if n[0] == db_name]:
+                del self._ordered[namespace]
+
+    async def rename_collection(
+        self, db_name: str, coll_name: str, new_name: str, *args: Any, **kwargs: Any
+    ) -> None:
+        try:
+            await super().rename_collection(db_name, coll_name, new_name, *args, **kwargs)
+        finally:
+            self._ordered.pop((db_name, coll_name), None)
+            self._ordered.pop((db_name, new_name), None)
+
+    # Reads.
+
+    def _native(self, semantics: EngineFindSemantics) -> EngineFindSemantics:
+        """The same read with the native matcher, where the filter is simple enough."""
+        stock = semantics.compiled_query
+        if stock is None or isinstance(semantics.query_plan, MatchAll):
+            return semantics
+        if semantics.collation is not None or semantics.text_query is not None:
+            return semantics
+        try:
+            test = _predicate(semantics.query_plan)
+        except Exception:  # a pattern Python's re refuses: the engine reports it
+            return semantics
+        if test is None:
+            return semantics
+        # Duck-typed: mongoeco only calls the matcher's `match`.
+        matcher: Any = _NativeMatcher(test, stock, self.index_stats)
+        return replace(semantics, compiled_query=matcher)
+
+    def _may_read_here(
+        self, coll_name: str, semantics: EngineFindSemantics, session: ClientSession | None
+    ) -> bool:
+        """Whether this read may take the paths below: a plain read of committed data."""
+        return bool(
+            self.index_reads
+            and (session is None or not session.in_transaction)
+            and not self._is_profile_namespace(coll_name)
+            and semantics.text_query is None
+            and semantics.hint is None
+            and semantics.collation is None
+            and semantics.compiled_query is not None
+            and self._direct_id_lookup_from_plan(semantics.query_plan) is None
+            and _safe(semantics.query_plan)
+        )
+
+    def scan_find_semantics(
+        self,
+        db_name: str,
+        coll_name: str,
+        semantics: EngineFindSemantics,
+        *,
+        context: ClientSession | None = None,
+    ) -> Any:
+        if not self.index_reads:
+            return super().scan_find_semantics(db_name, coll_name, semantics, context=context)
+        if not self._may_read_here(coll_name, semantics, context):
+            self.index_stats["stock_finds"] += 1
+            return super().scan_find_semantics(
+                db_name, coll_name, self._native(semantics), context=context
+            )
+        return self._scan(db_name, coll_name, semantics, context)
+
+    async def _scan(
+        self,
+        db_name: str,
+        coll_name: str,
+        semantics: EngineFindSemantics,
+        context: ClientSession | None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        enforce_deadline(semantics.deadline)
+        native = self._native(semantics)
+        async with self._get_lock(db_name, coll_name):
+            try:
+                documents = self._find_locked(db_name, coll_name, native, context)
+            except _Stale:
+                self._ordered.pop((db_name, coll_name), None)
+                documents = None
+        if documents is None:
+            self.index_stats["stock_finds"] += 1
+            stock: Any = super().scan_find_semantics(db_name, coll_name, native, context=context)
+            async with aclosing(stock) as stream:
+                async for document in stream:
+                    yield document
+            return
+        self._record_operation_metadata(
+            context,
+            operation="scan_collection",
+            comment=semantics.comment,
+            max_time_ms=semantics.max_time_ms,
+            hint=None,
+        )
+        # As the stock scan: the list was taken under the lock; copies leave it.
+        for document in documents:
+            enforce_deadline(semantics.deadline)
+            yield cast("dict[str, Any]", self._copy_document_containers(document))
+
+    async def count_find_semantics(
+        self,
+        db_name: str,
+        coll_name: str,
+        semantics: EngineFindSemantics,
+        *,
+        context: ClientSession | None = None,
+        operation_context: Any = None,
+    ) -> int:
+        session = operation_context.session if operation_context is not None else context
+        if self._may_read_here(coll_name, semantics, session):
+            async with self._get_lock(db_name, coll_name):
+                try:
+                    total = self._count_locked(db_name, coll_name, semantics, session)
+                except _Stale:
+                    self._ordered.pop((db_name, coll_name), None)
+                    total = None
+            if total is not None:
+                return total
+        if self.index_reads:
+            self.index_stats["stock_counts"] += 1
+            semantics = self._native(semantics)
+        return int(
+            await super().count_find_semantics(
+                db_name,
+                coll_name,
+                semantics,
+                context=context,
+                operation_context=operation_context,
+            )
+        )
+
+    def _prepare_locked(
+        self,
+        db_name: str,
+        coll_name: str,
+        semantics: EngineFindSemantics,
+        context: ClientSession | None,
+    ) -> tuple[MemoryCollection[Any, Any], list[Any]] | None:
+        """The committed collection and its plain indexes, after mongoeco's TTL purge; None
+        if this read cannot use them (a transaction's view, a write being published...)."""
+        if self._publication_stack or self._active_mvcc_state(context) is not None:
+            return None
+        self._purge_expired_documents_locked(
+            db_name,
+            coll_name,
+            context=context,
+            indexes_view=self._indexes,
+            index_data_view=self._index_data,
+            storage_view=self._storage,
+            now=semantics.variables.now.replace(tzinfo=UTC),
+        )
+        collection = self._storage.get(db_name, {}).get(coll_name, MemoryCollection())
+        if not isinstance(collection, MemoryCollection):
+            return None
+        indexes = [
+            record
+            for record in self._indexes.get(db_name, {}).get(coll_name, [])
+            if _plain_index(record)
+        ]
+        return collection, indexes
+
+    def _find_locked(
+        self,
+        db_name: str,
+        coll_name: str,
+        semantics: EngineFindSemantics,
+        context: ClientSession | None,
+    ) -> list[Any] | None:
+        """The read's public documents (to be copied), or None for the stock scan."""
+        prepared = self._prepare_locked(db_name, coll_name, semantics, context)
+        if prepared is None:
+            return None
+        collection, indexes = prepared
+        sort: list[tuple[str, Any]] = list(semantics.sort or [])
+        if not all(type(direction) is int and direction in (1, -1) for _, direction in sort):
+            return None  # {"$meta": ...} and the like
+        scans = self._plan(db_name, coll_name, collection, indexes, semantics.query_plan, sort)
+        few = scans is not None and sum(map(len, scans)) * 2 <= len(collection)
+        selected: list[Any] | None
+        if not sort:
+            if scans is not None and few:
+                self.index_stats["index_finds"] += 1
+                keys = self._natural_order(collection, scans)
+                selected = self._page(self._matching(collection, keys, semantics), semantics)
+            else:
+                self.index_stats["scan_finds"] += 1
+                selected = self._page(self._matching(collection, None, semantics), semantics)
+            return self._publish(selected, semantics)
+        if scans is not None and semantics.limit is not None:
+            selected = self._ordered_page(collection, scans, semantics)
+            if selected is not None:
+                self.index_stats["ordered_finds"] += 1
+                return self._publish(selected, semantics)
+        if scans is not None and few:
+            self.index_stats["index_sorts"] += 1
+            selected = self._sorted_by_index(collection, scans, semantics)
+        else:
+            selected = self._sorted_by_value(collection, semantics)
+            if selected is None:
+                return None
+            self.index_stats["scan_sorts"] += 1
+        return self._publish(selected, semantics)
+
+    def _count_locked(
+        self,
+        db_name: str,
+        coll_name: str,
+        semantics: EngineFindSemantics,
+        context: ClientSession | None,
+    ) -> int | None:
+        prepared = self._prepare_locked(db_name, coll_name, semantics, context)
+        if prepared is None:
+            return None
+        collection, indexes = prepared
+        scans = self._plan(db_name, coll_name, collection, indexes, semantics.query_plan, [])
+        if scans is not None and all(scan.exact for scan in scans):
+            self.index_stats["index_counts"] += 1
+            total = self._count_union(collection, scans)
+        else:
+            native = self._native(semantics)
+            if scans is not None and sum(map(len, scans)) * 2 <= len(collection):
+                keys: list[Any] | None = self._natural_order(collection, scans)
+                self.index_stats["index_counts"] += 1
+            else:
+                keys = None
+                self.index_stats["scan_counts"] += 1
+            total = sum(1 for _ in self._matching(collection, keys, native))
+        total = max(0, total - semantics.skip)
+        return total if semantics.limit is None else min(total, max(semantics.limit, 0))
+
+    # Planning: which index ranges hold every match.
+
+    def _plan(
+        self,
+        db_name: str,
+        coll_name: str,
+        collection: MemoryCollection[Any, Any],
+        indexes: list[Any],
+        plan: QueryNode,
+        sort: list[tuple[str, Any]],
+    ) -> list[_Scan] | None:
+        """Index ranges whose union holds every match of the filter (with a sort, each
+        listing its documents in the sort's order, no two tying), or None."""
+        for branches in _disjunctions(plan):
+            scans: list[_Scan] = []
+            kinds: set[tuple[str | None, ...]] = set()
+            for branch in branches:
+                chosen = self._choose(db_name, coll_name, collection, indexes, branch, sort)
+                if chosen is None:
+                    break
+                scan, sort_kinds = chosen
+                scans.append(scan)
+                kinds.add(tuple(sort_kinds))
+            else:
+                if len(kinds) > 1 and len(collection):
+                    continue  # the branches' sort keys would not compare as the values do
+                if sort and len(scans) > 1 and "_id" not in (name for name, _ in sort):
+                    continue  # two branches' documents could tie on the sort
+                return scans
+        return None
+
+    def _choose(
+        self,
+        db_name: str,
+        coll_name: str,
+        collection: MemoryCollection[Any, Any],
+        indexes: list[Any],
+        branch: _Branch,
+        sort: list[tuple[str, Any]],
+    ) -> tuple[_Scan, list[str | None]] | None:
+        """The index range that holds the branch's documents: the smallest among those with
+        the longest equality prefix. With a sort, the index's next fields must be the sort,
+        in its directions or all reversed, and documents must not tie on it (the sort has
+        _id, or the index is unique and the sort is all of the rest)."""
+        candidates: list[tuple[int, Any]] = []
+        names = [name for name, _ in sort]
+        wanted = [direction for _, direction in sort]
+        for record in indexes:
+            fields = list(record.fields)
+            if sort:
+                width = len(sort)
+                prefix = next(
+                    (
+                        p
+                        for p in range(1, len(fields) - width + 1)
+                        if fields[p : p + width] == names
+                    ),
+                    None,
+                )
+                if prefix is None or not set(fields[:prefix]) <= branch.equalities.keys():
+                    continue
+                stored = [direction for _, direction in record.key[prefix : prefix + width]]
+                if len(set(wanted)) != 1 or (stored != wanted and stored != [-d for d in wanted]):
+                    continue
+                if "_id" not in names and not (record.unique and prefix + width == len(fields)):
+                    continue
+            else:
+                prefix = 0
+                while prefix < len(fields) and fields[prefix] in branch.equalities:
+                    prefix += 1
+                if prefix == 0:
+                    continue
+            candidates.append((prefix, record))
+        longest = max((prefix for prefix, _ in candidates), default=0)
+        best: tuple[_Scan, list[str | None]] | None = None
+        for prefix, record in candidates:
+            if prefix == longest:
+                chosen = self._range(db_name, coll_name, collection, record, prefix, branch, sort)
+                if chosen is not None and (best is None or len(chosen[0]) < len(best[0])):
+                    best = chosen
+        return best
+
+    def _range(
+        self,
+        db_name: str,
+        coll_name: str,
+        collection: MemoryCollection[Any, Any],
+        record: Any,
+        prefix: int,
+        branch: _Branch,
+        sort: list[tuple[str, Any]],
+    ) -> tuple[_Scan, list[str | None]] | None:
+        """The index's range for the branch's equalities, if its ordered copy is usable."""
+        ordered = self._ordered_index(db_name, coll_name, record)
+        if ordered is None or ordered.unordered or len(ordered.entries) != len(collection):
+            return None  # unusable (a null, an array...) or not one entry per document
+        fields = list(record.fields)
+        key = tuple(branch.equalities[name] for name in fields[:prefix])
+        if ordered.entries and any(
+            ordered.kind(position) != _tag(key[position]) for position in range(prefix)
+        ):
+            return None  # mixed kinds in the field, or a query value of another kind
+        sort_kinds = [ordered.kind(prefix + position) for position in range(len(sort))]
+        if ordered.entries and None in sort_kinds:
+            return None
+        exact = branch.exact and len(branch.equalities) == prefix
+        low, high = ordered.span(_sortable(key))
+        return _Scan(ordered, low, high, prefix, exact), sort_kinds
+
+    # Producing the documents. Candidates are mongoeco's stored versions (`data`).
+
+    def _matching(
+        self,
+        collection: MemoryCollection[Any, Any] | None,
+        keys: Iterable[Any] | None,
+        semantics: EngineFindSemantics,
+    ) -> Iterator[Any]:
+        """The stored versions that match, of `keys` (or of the whole collection, if None),
+        in that order: the document as the stock scan borrows it, through the read's
+        matcher (the native one, or the engine's) with the whole filter."""
+        compiled = semantics.compiled_query
+        if compiled is None:
+            raise _Stale("no compiled matcher")  # compile_find_semantics always makes one
+        if isinstance(compiled, _NativeMatcher):
+            test, stock = compiled.test, compiled.stock
+        else:
+            test, stock = compiled.match, compiled
+        variables = semantics.variables
+        deadline = semantics.deadline
+        borrow = self._borrow_storage_document
+        if keys is not None:
+            source: Iterable[Any] = self._stored(collection, keys)
+        elif collection is not None:
+            source = collection.values()
+        else:
+            raise _Stale("nothing to read")
+        examined = fallbacks = 0
+        try:
+            for data in source:
+                examined += 1
+                if deadline is not None:
+                    enforce_deadline(deadline)
+                # _borrow_storage_document's cached path, inlined: this loop is the read.
+                if type(data) is _StoredDocument and data.decoded_wrapped is not None:
+                    document = data.decoded_wrapped
+                else:
+                    document = borrow(data)
+                try:
+                    hit = test(document)
+                except _NotPlain:
+                    fallbacks += 1
+                    hit = stock.match(document, variables=variables)
+                if hit:
+                    yield data
+        finally:
+            self.index_stats["matched_documents"] += examined
+            self.index_stats["matcher_fallbacks"] += fallbacks
+
+    def _stored(
+        self, collection: MemoryCollection[Any, Any] | None, keys: Iterable[Any]
+    ) -> Iterator[Any]:
+        if collection is None:
+            yield from keys  # already stored versions
+            return
+        values = collection._values
+        for storage_key in keys:
+            data = values.get(storage_key, _MISSING)
+            if data is _MISSING:
+                raise _Stale("an index entry without its document")
+            yield data
+
+    def _page(self, matches: Iterator[Any], semantics: EngineFindSemantics) -> list[Any]:
+        limit = semantics.limit
+        stop = None if limit is None else semantics.skip + limit
+        return list(islice(matches, semantics.skip, stop))
+
+    def _publish(self, selected: list[Any], semantics: EngineFindSemantics) -> list[Any]:
+        """The selected versions as the stock scan emits them (projected, public), uncopied."""
+        if semantics.projection is None:
+            # The public form mongoeco caches on each stored version: the stock scan's
+            # to_public() of the same borrowed document, without converting it again.
+            return [
+                self._borrow_public_storage_document(data)
+                if type(data) is _StoredDocument
+                else DocumentCodec.to_public(self._borrow_storage_document(data))
+                for data in selected
+            ]
+        documents = stream_finalize_documents(
+            (self._borrow_storage_document(data) for data in selected),
+            semantics,
+            apply_skip_limit_phase=False,
+            emit_public_documents=False,
+        )
+        return [DocumentCodec.to_public(document) for document in documents]
+
+    def _ordered_page(
+        self,
+        collection: MemoryCollection[Any, Any],
+        scans: list[_Scan],
+        semantics: EngineFindSemantics,
+    ) -> list[Any] | None:
+        """The page, reading the index ranges in the sort's order and stopping at its end;
+        None if the filter turns out too selective for that (then sorting matches wins)."""
+        assert semantics.sort and semantics.limit is not None
+        if semantics.limit == 0:
+            return []
+        direction, width = semantics.sort[0][1], len(semantics.sort)
+        keys, skipped = self._in_order(scans, direction, width, semantics.skip)
+        skip = 0 if skipped else semantics.skip
+        # Exact scans match at every candidate; otherwise give up after a quarter of the
+        # collection without a full page.
+        budget = None if all(scan.exact for scan in scans) else max(1_000, len(collection) // 4)
+        matches = self._matching(collection, _within(keys, budget), semantics)
+        try:
+            return list(islice(matches, skip, skip + semantics.limit))
+        except _OverBudget:
+            return None
+
+    def _in_order(
+        self, scans: list[_Scan], direction: int, width: int, skip: int
+    ) -> tuple[Iterator[Any], bool]:
+        """Storage keys in the sort's order, merging the branches and dropping repeats; and
+        whether the first `skip` were passed over here, without reading their documents
+        (only with exact scans, whose every candidate matches)."""
+        exact = all(scan.exact for scan in scans)
+        if len(scans) == 1:
+            positions = scans[0].positions(direction)
+            if exact and skip:
+                positions = positions[skip:]
+            entries = scans[0].index.entries
+            return (entries[position][1] for position in positions), exact and bool(skip)
+        merged = heapq.merge(
+            *(scan.stream(direction, width) for scan in scans),
+            key=_entry_key,
+            reverse=direction == -1,
+        )
+        keys = _unique(entry[1] for entry in merged)
+        if exact and skip:
+            return islice(keys, skip, None), True
+        return keys, False
+
+    def _sorted_by_index(
+        self,
+        collection: MemoryCollection[Any, Any],
+        scans: list[_Scan],
+        semantics: EngineFindSemantics,
+    ) -> list[Any]:
+        """The page of matches among few candidates, sorted by their index keys."""
+        assert semantics.sort
+        direction, width = semantics.sort[0][1], len(semantics.sort)
+        sort_keys: dict[Any, tuple[Any, ...]] = {}
+        for scan in scans:
+            start, stop = scan.prefix, scan.prefix + width
+            for key, storage_key in scan.index.entries[scan.low : scan.high]:
+                sort_keys.setdefault(storage_key, key[start:stop])
+        stored = list(self._stored(collection, sort_keys))
+        by_version = {
+            id(data): sort_key for data, sort_key in zip(stored, sort_keys.values(), strict=True)
+        }
+        matched = [(by_version[id(data)], data) for data in self._matching(None, stored, semantics)]
+        matched.sort(key=_entry_key, reverse=direction == -1)
+        return self._page(iter(data for _, data in matched), semantics)
+
+    def _sorted_by_value(
+        self, collection: MemoryCollection[Any, Any], semantics: EngineFindSemantics
+    ) -> list[Any] | None:
+        """The page of matches of a whole-collection scan, sorted by their plain values;
+        None if a match's sort value is not a plain scalar of its field's one type. Python's
+        sort is stable and the scan reads in the collection's order, so documents that tie
+        keep that order, as they do in the stock sort (which breaks ties by scan position)."""
+        assert semantics.sort
+        names = [name for name, _ in semantics.sort]
+        directions = [direction for _, direction in semantics.sort]
+        kinds: list[type | None] = [None] * len(names)
+        borrow = self._borrow_storage_document
+        matched: list[tuple[tuple[Any, ...], Any]] = []
+        for data in self._matching(collection, None, semantics):
+            key = _sort_values(borrow(data), names, kinds)
+            if key is None:
+                return None
+            matched.append((key, data))
+        if len(set(directions)) == 1:
+            matched.sort(key=_entry_key, reverse=directions[0] == -1)
+        else:  # stable sorts, least significant field first
+            for position in reversed(range(len(names))):
+                matched.sort(key=lambda item: item[0][position], reverse=directions[position] == -1)
+        return self._page(iter(data for _, data in matched), semantics)
+
+    def _natural_order(
+        self, collection: MemoryCollection[Any, Any], scans: list[_Scan]
+    ) -> list[Any]:
+        """The candidates in the collection's own (insertion) order, as a scan reads them."""
+        keys: set[Any] = set()
+        for scan in scans:
+            keys.update(entry[1] for entry in scan.index.entries[scan.low : scan.high])
+        return list(collection.ordered_keys(keys))
+
+    def _count_union(self, collection: MemoryCollection[Any, Any], scans: list[_Scan]) -> int:
+        """How many documents the exact scans hold together: the largest counted from its
+        range, each other member only if no scan before it holds it."""
+        scans = sorted(scans, key=len, reverse=True)
+        total = len(scans[0])
+        for position, scan in enumerate(scans[1:], start=1):
+            earlier = [
+                (list(s.index.spec[1][: s.prefix]), s.index.entries[s.low][0][: s.prefix])
+                for s in scans[:position]
+                if len(s)
+            ]
+            entries = scan.index.entries[scan.low : scan.high]
+            if not earlier:
+                total += len(entries)
+                continue
+            for data in self._stored(collection, (entry[1] for entry in entries)):
+                document = self._borrow_storage_document(data)
+                if not any(
+                    _sortable(self._index_key(document, names)) == key for names, key in earlier
+                ):
+                    total += 1
+        return total
+
+
+def _sort_values(
+    document: dict[str, Any], names: list[str], kinds: list[type | None]
+) -> tuple[Any, ...] | None:
+    """The document's sort values, if each is a plain scalar of the one type its field has
+    had so far (recorded in `kinds`): values Python orders as MongoDB does. Else None."""
+    values = []
+    for position, name in enumerate(names):
+        value = document.get(name, _MISSING)
+        kind: type = type(value)
+        if isinstance(value, ObjectId):
+            kind = ObjectId
+        elif kind is datetime:
+            if value.tzinfo is not None:
+                return None
+        elif kind not in (bool, int, str):
+            return None
+        if kinds[position] is None:
+            kinds[position] = kind
+        elif kinds[position] is not kind:
+            return None
+        values.append(value)
+    return tuple(values)
+
+
+class _OverBudget(Exception):
+    """An ordered read examined more candidates than it is worth."""
+
+
+def _within(keys: Iterable[Any], budget: int | None) -> Iterator[Any]:
+    for examined, key in enumerate(keys):
+        if budget is not None and examined >= budget:
+            raise _OverBudget
+        yield key
+
+
+def _unique(keys: Iterable[Any]) -> Iterator[Any]:
+    seen: set[Any] = set()
+    for key in keys:
+        if key not in seen:
+            seen.add(key)
+            yield key
