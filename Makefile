@@ -22,6 +22,10 @@ $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 
+$(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@
+
 $(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	@touch $@
@@ -62,7 +66,7 @@ soak: $(VENV)/.stamp-test
 # bench/results.json. Installs Debian's wrk if it is missing (apt-get, as root). BENCH_STARTED,
 # taken when make starts, lets it print the whole time, the venv's creation included.
 bench: BENCH_STARTED := $(shell date +%s.%N)
-bench: $(VENV)/.stamp-test
+bench: $(VENV)/.stamp-bench
 	bench/install-wrk
 	BENCH_STARTED=$(BENCH_STARTED) $(BIN)/python -m bench.run $(BENCH_ARGS)
 
