@@ -764,11 +764,8 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         index_data_view: dict[str, Any] | None = None,
         indexes_view: dict[str, Any] | None = None,
     ) -> None:
-        tracked = self._ordered.get((db_name, coll_name))
-        if not tracked or (index_data_view is not None and index_data_view is not self._index_data):
-            # Nothing to keep, or another view (a transaction's): the committed copy's root
-            # no longer matches after its commit, which rebuilds.
-            super()._update_indexes_locked(
+        def update() -> None:
+            super(IndexedMemoryEngine, self)._update_indexes_locked(
                 db_name,
                 coll_name,
                 storage_key,
@@ -777,6 +774,12 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
                 index_data_view=index_data_view,
                 indexes_view=indexes_view,
             )
+
+        tracked = self._ordered.get((db_name, coll_name))
+        if not tracked or (index_data_view is not None and index_data_view is not self._index_data):
+            # Nothing to keep, or another view (a transaction's): the committed copy's root
+            # no longer matches after its commit, which rebuilds.
+            update()
             return
         maps = self._index_data.get(db_name, {}).get(coll_name, {})
         before = {
@@ -790,15 +793,7 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         touched: list[tuple[str, tuple[Any, ...]]] = []
         outer, self._touched = self._touched, touched
         try:
-            super()._update_indexes_locked(
-                db_name,
-                coll_name,
-                storage_key,
-                document,
-                action=action,
-                index_data_view=index_data_view,
-                indexes_view=indexes_view,
-            )
+            update()
         finally:
             self._touched = outer
         if not before:
