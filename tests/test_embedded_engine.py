@@ -619,3 +619,24 @@ def test_a_collection_named_twice_is_loaded_whole() -> None:
         {"$unionWith": {"coll": "z", "pipeline": [{"$limit": 1}, {"$match": {"c": 1}}]}},
     ]
     assert union_filters(twice) == {"y": {"b": {"$gte": 2}}}
+
+
+def test_ids_listed_with_in_are_found_by_key_as_mongoeco_finds_them(servers: Any) -> None:
+    twins = _twins(servers, f"in_{random.randrange(10**9)}")
+    rows = [{"_id": ObjectId(), "n": n, "published": n % 3 != 0} for n in range(300)]
+    for db in (twins.stock, twins.ours):
+        db.posts.insert_many([dict(row) for row in rows])
+    listed = [row["_id"] for row in rows[250:100:-3]] + [ObjectId()]  # out of order, one absent
+    for db in (twins.stock, twins.ours):
+        changed = {"_id": {"$in": listed[:20]}, "published": True}
+        db.posts.update_many(changed, {"$inc": {"n": 1000}})
+        db.posts.delete_many({"_id": {"$in": listed[-5:]}})
+    queries: list[Any] = [
+        {"_id": {"$in": listed}},
+        {"_id": {"$in": listed}, "published": False},
+        {"$and": [{"_id": {"$in": listed}}, {"n": {"$gte": 1000}}]},
+        {"_id": {"$in": [*listed[:5], 7]}},  # not only ObjectIds: mongoeco's own path
+    ]
+    for query in queries:
+        assert twins.ours.posts.find(query).to_list() == twins.stock.posts.find(query).to_list()
+        assert twins.ours.posts.count_documents(query) == twins.stock.posts.count_documents(query)
