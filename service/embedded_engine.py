@@ -17,6 +17,10 @@ committed data, without collation, hint or text query, go one of these ways:
   equalities is counted in the index.
 - Otherwise, or for a sorted read without a limit over many candidates: one pass over the
   collection, then a sort of the matches by their plain values.
+- A filter that requires a substring (a regex of a plain ASCII literal, case-insensitive or
+  not, or an `$or` of them: the service's search) and no index range narrows: candidates
+  come from text columns of the fields searched (`_TextColumn`: each document's text folded
+  as `re` folds case, in one string that `str.find` searches in C), then sorted by value.
 - Either way through a plain-Python test compiled from the filter (equality, `$and`, `$or`,
   `$regex`), which hands any document it is not sure of to the engine's own matcher, with the
   whole filter.
@@ -24,19 +28,23 @@ committed data, without collation, hint or text query, go one of these ways:
 Whatever these paths cannot vouch for (values Python does not order or compare as MongoDB
 does: null, missing, arrays, mixed types...) takes mongoeco's own path. The ordered copies
 follow writes, and are rebuilt from mongoeco's index map whenever they might differ
-(`_OrderedIndex`). `tests/test_embedded_engine.py` compares every path with mongoeco's.
+(`_OrderedIndex`); the text columns follow the keys each write changed (`_LINEAGE`), and are
+rebuilt when they cannot. `tests/test_embedded_engine.py` compares every path with mongoeco's.
 """
 
 import bisect
 import heapq
-from collections import Counter
+import re
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from itertools import islice
+from functools import cache
+from itertools import chain, islice
 from operator import itemgetter
+from string import ascii_lowercase
 from typing import Any, cast
 
 from bson import ObjectId
@@ -88,6 +96,7 @@ def _engines() -> tuple[type[Any], type[Any]]:
     `$unionWith` reads only what its opening `$match` selects (`install_union_pushdown`).
     """
     install_union_pushdown()
+    install_lineage()
     return IndexedMemoryEngine, ScanFreeSQLiteEngine
 
 
@@ -183,6 +192,222 @@ def install_union_pushdown() -> None:
 
     cursor._load_collection_documents = load
     cursor._union_pushdown = True
+
+
+# --- What changed between two versions of a collection --------------------------------------
+
+# Every write to a MemoryCollection replaces its persistent root (`_values`, an immutable
+# rpds.HashTrieMap of storage key -> stored version). For the latest writes, `_LINEAGE` keeps,
+# by the new root's identity, the root it replaced and the storage keys whose versions differ
+# between the two; each entry holds both roots, so no identity in it can be reused. Whatever
+# was derived from one root is brought to a later one by redoing only the keys on the chain
+# between them; a root the chain does not reach (a rollback, a cleared collection, entries
+# forgotten) means deriving again. Only the roots' contents matter, not which collection object
+# holds them, so a transaction's copy published in place of the committed one chains too.
+_LINEAGE: OrderedDict[int, tuple[Any, Any, tuple[Any, ...]]] = OrderedDict()
+_LINEAGE_LIMIT = 16_384
+
+
+def _remember(collection: MemoryCollection[Any, Any], before: Any, keys: tuple[Any, ...]) -> None:
+    after = collection._values
+    if after is before:
+        return
+    _LINEAGE[id(after)] = (after, before, keys)
+    if len(_LINEAGE) > _LINEAGE_LIMIT:
+        _LINEAGE.popitem(last=False)
+
+
+def install_lineage() -> None:
+    """Record in `_LINEAGE` each change of a MemoryCollection's root made by a write of one
+    key (`__setitem__`, `__delitem__`, `replace_key`: the ones mongoeco's engine makes, and
+    which its other mutators call). Any other change leaves a root with no entry."""
+    collection: Any = MemoryCollection
+    if getattr(collection, "_lineage", False):
+        return
+    set_item, del_item, replace_key = (
+        collection.__setitem__,
+        collection.__delitem__,
+        collection.replace_key,
+    )
+
+    def __setitem__(self: MemoryCollection[Any, Any], key: Any, value: Any) -> None:
+        before = self._values
+        set_item(self, key, value)
+        _remember(self, before, (key,))
+
+    def __delitem__(self: MemoryCollection[Any, Any], key: Any) -> None:
+        before = self._values
+        del_item(self, key)
+        _remember(self, before, (key,))
+
+    def replace_key_(self: MemoryCollection[Any, Any], key: Any, replacement: Any) -> None:
+        before = self._values
+        replace_key(self, key, replacement)
+        _remember(self, before, (key, replacement))
+
+    collection.__setitem__ = __setitem__
+    collection.__delitem__ = __delitem__
+    collection.replace_key = replace_key_
+    collection._lineage = True
+
+
+def _changed_keys(old: Any, new: Any, limit: int) -> set[Any] | None:
+    """The storage keys whose versions may differ between root `old` and the later root
+    `new`, if `_LINEAGE` links them in at most `limit` writes; else None."""
+    keys: set[Any] = set()
+    root = new
+    for _ in range(limit + 1):
+        if root is old:
+            return keys
+        entry = _LINEAGE.get(id(root))
+        if entry is None or entry[0] is not root:
+            return None
+        keys.update(entry[2])
+        root = entry[1]
+    return None
+
+
+# --- Substrings of text ------------------------------------------------------------------------
+
+_SEPARATOR = "\x00"  # never in a piece searched for (printable ASCII only)
+
+
+@cache
+def _folding() -> tuple[dict[int, str], frozenset[str]]:
+    """How Python's `re` (mongoeco's regex engine) matches text to an ASCII letter when it
+    ignores case, character by character: a `str.translate` table taking each character
+    that matches a letter to that lowercase letter (A-Z, and on Python 3.13 also the dotted
+    and dotless i, the long s and the Kelvin sign), asked of `re` itself once; and the
+    characters it matches to more than one letter (none on 3.13), which no table folds.
+    Every other character matches no ASCII character but itself (re folds case only)."""
+    table: dict[int, str] = {}
+    unfoldable: set[str] = set()
+    everything = "".join(map(chr, chain(range(0xD800), range(0xE000, 0x110000))))
+    for character in re.findall("[a-z]", everything, re.IGNORECASE):
+        letters = [a for a in ascii_lowercase if re.fullmatch(a, character, re.IGNORECASE)]
+        if len(letters) == 1:
+            table[ord(character)] = letters[0]
+        else:
+            unfoldable.add(character)
+    return table, frozenset(unfoldable)
+
+
+class _TextColumn:
+    """One top-level field of one version of a collection, for finding the documents whose
+    field may contain a piece of ASCII text without reading every document.
+
+    Each document's field, if it is a string, is kept folded (`_folding`: lowercased, and
+    the few other characters `re` matches to an ASCII letter made that letter) as one
+    segment of `corpus`, every segment preceded by NUL; `candidates` finds a lowercase ASCII
+    piece in it with `str.find` (in C) and maps each hit to its segment's document. A
+    document whose field holds anything else (an array, a number, null...) is in `others`,
+    always a candidate, for the matcher to decide. A document without the field is never
+    one: no regex matches a missing field. Candidates are a superset of the matches: a text
+    contains a piece, in any case, exactly when its folded form contains the piece's
+    lowercase (and contains it as written only if so too); the read's matcher still tests
+    each with the whole filter.
+
+    `root` is the collection version it reflects. `follow` redoes the keys written since
+    (from `_LINEAGE`): their old segments become dead (owner None) and their new text is
+    appended; dead segments are dropped when they outnumber the live ones (by rebuilding).
+    """
+
+    def __init__(self, name: str, root: Any, read: Callable[[Any], dict[str, Any]]) -> None:
+        self.name = name
+        self.root = root
+        self.corpus = ""
+        self.starts: list[int] = []  # each segment's first position in the corpus
+        self.owners: list[Any] = []  # each segment's storage key, None once dead
+        self.segments: dict[Any, int] = {}  # storage key -> its live segment
+        self.others: set[Any] = set()
+        self.dead = 0
+        self._append([(key, read(data)) for key, data in root.items()])
+
+    def _append(self, documents: Iterable[tuple[Any, dict[str, Any]]]) -> None:
+        parts = [self.corpus]
+        position = len(self.corpus)
+        for key, document in documents:
+            value = document.get(self.name, _MISSING)
+            if value is _MISSING:
+                continue
+            if type(value) is not str:
+                self.others.add(key)
+                continue
+            if value.isascii():
+                folded = value.lower()
+            else:
+                table, unfoldable = _folding()
+                if unfoldable and not unfoldable.isdisjoint(value):
+                    self.others.add(key)
+                    continue
+                folded = value.translate(table)
+            position += len(_SEPARATOR)
+            self.segments[key] = len(self.owners)
+            self.starts.append(position)
+            self.owners.append(key)
+            parts += (_SEPARATOR, folded)
+            position += len(folded)
+        self.corpus = "".join(parts)
+
+    def follow(self, root: Any, keys: set[Any], read: Callable[[Any], dict[str, Any]]) -> bool:
+        """Bring the column to `root`, where only `keys` changed; False if it is worth
+        rebuilding instead (more dead segments than live ones)."""
+        changed = []
+        for key in keys:
+            self.others.discard(key)
+            segment = self.segments.pop(key, None)
+            if segment is not None:
+                self.owners[segment] = None
+                self.dead += 1
+            data = root.get(key, _MISSING)
+            if data is not _MISSING:
+                changed.append((key, read(data)))
+        self._append(changed)
+        self.root = root
+        return self.dead <= max(64, len(self.segments))
+
+    def candidates(self, piece: str) -> set[Any]:
+        """Every document whose field may contain `piece` (lowercase ASCII, not empty)."""
+        found = set(self.others)
+        corpus, starts, owners = self.corpus, self.starts, self.owners
+        position = corpus.find(piece)
+        while position != -1:
+            segment = bisect.bisect_right(starts, position) - 1
+            owner = owners[segment]
+            if owner is not None:
+                found.add(owner)
+            following = segment + 1
+            # The rest of this segment cannot add a document: look from the next one.
+            position = corpus.find(piece, starts[following]) if following < len(starts) else -1
+        return found
+
+
+def _substring(node: QueryNode) -> tuple[str, str] | None:
+    """(field, lowercase piece) if the node is a regex of a plain ASCII literal on a top-level
+    field (as the service's search writes it), which only texts containing it match."""
+    if not isinstance(node, RegexCondition) or node.options not in ("", "i"):
+        return None
+    if "." in node.field or node.field.startswith("$"):
+        return None
+    literal = _literal(node.pattern)
+    return (node.field, literal.lower()) if literal else None
+
+
+def _searches(node: QueryNode) -> list[tuple[str, str]] | None:
+    """Substring searches of which the node requires at least one to match, if there are:
+    a literal regex, or an $or whose every branch requires one."""
+    search = _substring(node)
+    if search is not None:
+        return [search]
+    if not isinstance(node, OrCondition) or not node.clauses:
+        return None
+    found: list[tuple[str, str]] = []
+    for clause in node.clauses:
+        branch = next((s for s in map(_searches, _conjuncts(clause)) if s is not None), None)
+        if branch is None:
+            return None
+        found += branch
+    return found
 
 
 def _listed_ids(plan: QueryNode) -> list[ObjectId] | None:
@@ -773,9 +998,11 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._ordered: dict[tuple[str, str], dict[str, _OrderedIndex]] = {}
+        self._texts: dict[tuple[str, str], dict[str, _TextColumn]] = {}
         self._touched: list[tuple[str, tuple[Any, ...]]] | None = None
         self.index_stats: Counter[str] = Counter()
         self.index_reads = _INTERNALS  # False: read as ScanFreeMemoryEngine does
+        install_lineage()  # the text columns follow writes through it
         super().__init__(*args, **kwargs)
 
     # Keeping the ordered copies in step with writes.
@@ -896,6 +1123,7 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
             await super().drop_collection(db_name, coll_name, *args, **kwargs)
         finally:
             self._ordered.pop((db_name, coll_name), None)
+            self._texts.pop((db_name, coll_name), None)
 
     async def drop_database(self, db_name: str, *args: Any, **kwargs: Any) -> None:
         try:
@@ -903,6 +1131,8 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         finally:
             for namespace in [n for n in self._ordered if n[0] == db_name]:
                 del self._ordered[namespace]
+            for namespace in [n for n in self._texts if n[0] == db_name]:
+                del self._texts[namespace]
 
     async def rename_collection(
         self, db_name: str, coll_name: str, new_name: str, *args: Any, **kwargs: Any
@@ -910,8 +1140,9 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         try:
             await super().rename_collection(db_name, coll_name, new_name, *args, **kwargs)
         finally:
-            self._ordered.pop((db_name, coll_name), None)
-            self._ordered.pop((db_name, new_name), None)
+            for namespace in ((db_name, coll_name), (db_name, new_name)):
+                self._ordered.pop(namespace, None)
+                self._texts.pop(namespace, None)
 
     # Reads.
 
@@ -1080,14 +1311,15 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         scans = self._plan(db_name, coll_name, collection, indexes, semantics.query_plan, sort)
         few = scans is not None and sum(map(len, scans)) * 2 <= len(collection)
         selected: list[Any] | None
+        keys: list[Any] | None
         if not sort:
             if scans is not None and few:
                 self.index_stats["index_finds"] += 1
                 keys = self._natural_order(collection, scans)
-                selected = self._page(self._matching(collection, keys, semantics), semantics)
             else:
-                self.index_stats["scan_finds"] += 1
-                selected = self._page(self._matching(collection, None, semantics), semantics)
+                keys = self._text_candidates(db_name, coll_name, collection, semantics.query_plan)
+                self.index_stats["scan_finds" if keys is None else "text_finds"] += 1
+            selected = self._page(self._matching(collection, keys, semantics), semantics)
             return self._publish(selected, semantics)
         if scans is not None and semantics.limit is not None:
             selected = self._ordered_page(collection, scans, semantics)
@@ -1098,10 +1330,11 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
             self.index_stats["index_sorts"] += 1
             selected = self._sorted_by_index(collection, scans, semantics)
         else:
-            selected = self._sorted_by_value(collection, semantics)
+            keys = self._text_candidates(db_name, coll_name, collection, semantics.query_plan)
+            selected = self._sorted_by_value(collection, semantics, keys)
             if selected is None:
                 return None
-            self.index_stats["scan_sorts"] += 1
+            self.index_stats["scan_sorts" if keys is None else "text_sorts"] += 1
         return self._publish(selected, semantics)
 
     def _count_locked(
@@ -1125,8 +1358,8 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
                 keys: list[Any] | None = self._natural_order(collection, scans)
                 self.index_stats["index_counts"] += 1
             else:
-                keys = None
-                self.index_stats["scan_counts"] += 1
+                keys = self._text_candidates(db_name, coll_name, collection, semantics.query_plan)
+                self.index_stats["scan_counts" if keys is None else "text_counts"] += 1
             total = sum(1 for _ in self._matching(collection, keys, native))
         total = max(0, total - semantics.skip)
         return total if semantics.limit is None else min(total, max(semantics.limit, 0))
@@ -1395,19 +1628,23 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         return self._page(iter(data for _, data in matched), semantics)
 
     def _sorted_by_value(
-        self, collection: MemoryCollection[Any, Any], semantics: EngineFindSemantics
+        self,
+        collection: MemoryCollection[Any, Any],
+        semantics: EngineFindSemantics,
+        keys: list[Any] | None = None,
     ) -> list[Any] | None:
-        """The page of matches of a whole-collection scan, sorted by their plain values;
-        None if a match's sort value is not a plain scalar of its field's one type. Python's
-        sort is stable and the scan reads in the collection's order, so documents that tie
-        keep that order, as they do in the stock sort (which breaks ties by scan position)."""
+        """The page of matches of a whole-collection scan (or of the candidates `keys`, in
+        the collection's order), sorted by their plain values; None if a match's sort value
+        is not a plain scalar of its field's one type. Python's sort is stable and the scan
+        reads in the collection's order, so documents that tie keep that order, as they do
+        in the stock sort (which breaks ties by scan position)."""
         assert semantics.sort
         names = [name for name, _ in semantics.sort]
         directions = [direction for _, direction in semantics.sort]
         kinds: list[type | None] = [None] * len(names)
         borrow = self._borrow_storage_document
         matched: list[tuple[tuple[Any, ...], Any]] = []
-        for data in self._matching(collection, None, semantics):
+        for data in self._matching(collection, keys, semantics):
             key = _sort_values(borrow(data), names, kinds)
             if key is None:
                 return None
@@ -1418,6 +1655,50 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
             for position in reversed(range(len(names))):
                 matched.sort(key=lambda item: item[0][position], reverse=directions[position] == -1)
         return self._page(iter(data for _, data in matched), semantics)
+
+    def _text_candidates(
+        self,
+        db_name: str,
+        coll_name: str,
+        collection: MemoryCollection[Any, Any],
+        plan: QueryNode,
+    ) -> list[Any] | None:
+        """If the filter requires substring searches (a literal regex, or an $or of them:
+        the service's search), the storage keys of the documents that may match all of
+        them, in the collection's order, from the text columns of the fields searched."""
+        candidates: set[Any] | None = None
+        for conjunct in _conjuncts(plan):
+            searches = _searches(conjunct)
+            if searches is None:
+                continue
+            found: set[Any] = set()
+            for name, piece in searches:
+                found |= self._text_column(db_name, coll_name, collection, name).candidates(piece)
+            candidates = found if candidates is None else candidates & found
+        return None if candidates is None else collection.ordered_keys(candidates)
+
+    def _text_column(
+        self, db_name: str, coll_name: str, collection: MemoryCollection[Any, Any], name: str
+    ) -> _TextColumn:
+        """The field's text column at the collection's current version: followed from the
+        version it was at through the writes since, or built."""
+        columns = self._texts.setdefault((db_name, coll_name), {})
+        column = columns.get(name)
+        root = collection._values
+        if column is not None and column.root is not root:
+            changed = _changed_keys(column.root, root, max(64, len(collection) // 2))
+            if changed is None or not column.follow(root, changed, self._document):
+                column = None
+        if column is None:
+            self.index_stats["text_builds"] += 1
+            column = columns[name] = _TextColumn(name, root, self._document)
+        return column
+
+    def _document(self, data: Any) -> dict[str, Any]:
+        """A stored version's document, as the scans borrow it."""
+        if type(data) is _StoredDocument and data.decoded_wrapped is not None:
+            return data.decoded_wrapped
+        return self._borrow_storage_document(data)
 
     def _natural_order(
         self, collection: MemoryCollection[Any, Any], scans: list[_Scan]

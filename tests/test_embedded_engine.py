@@ -28,7 +28,9 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from service.embedded_engine import (
+    _LINEAGE,
     IndexedMemoryEngine,
+    _folding,
     _literal,
     _NativeMatcher,
     install_union_pushdown,
@@ -335,6 +337,8 @@ def test_index_reads_answer_as_mongoeco_does(servers: Any, seed: int, messy: boo
     rng = random.Random(seed)
     world = World(rng, messy=messy)
     twins = _twins(servers, f"differential_{seed}")
+    stats = twins.engine.index_stats
+    text_reads = stats["text_finds"] + stats["text_sorts"] + stats["text_counts"]
     posts = [world.post() for _ in range(120)]
     twins.write(lambda db: db.posts.insert_many([dict(p) for p in posts]))
     for _ in range(70):
@@ -342,15 +346,22 @@ def test_index_reads_answer_as_mongoeco_does(servers: Any, seed: int, messy: boo
             twins.write(world.write())
         for _ in range(4):
             twins.read(*world.read())
+    # The searches among those reads went through the text columns, following the writes.
+    assert stats["text_finds"] + stats["text_sorts"] + stats["text_counts"] > text_reads
+
+
+def _seeded(servers: Any, name: str, seed: int, count: int) -> tuple[World, Twins, list[Any]]:
+    """A clean world's `count` posts, written to both servers' database `name`."""
+    world = World(random.Random(seed), messy=False)
+    twins = _twins(servers, name)
+    posts = [world.post() for _ in range(count)]
+    twins.write(lambda db: db.posts.insert_many([dict(p) for p in posts]))
+    return world, twins, posts
 
 
 def test_the_fast_paths_run(servers: Any) -> None:
     """Timing-free evidence: which path answered, and how many documents the matcher saw."""
-    rng = random.Random(11)
-    world = World(rng, messy=False)
-    twins = _twins(servers, "fast_paths")
-    posts = [world.post() for _ in range(600)]
-    twins.write(lambda db: db.posts.insert_many([dict(p) for p in posts]))
+    world, twins, posts = _seeded(servers, "fast_paths", 11, 600)
     viewer = world.owners[0]
     feed = {"$or": [{"published": True}, {"owner_id": viewer}]}
     engine = twins.engine
@@ -390,7 +401,14 @@ def test_the_fast_paths_run(servers: Any) -> None:
     search = {"$and": [feed, {"$or": [{"title": pattern}, {"content": pattern}]}]}
     facet = {"total": [{"$count": "n"}], "items": [{"$skip": 0}, {"$limit": 10}]}
     searched = [{"$match": search}, {"$sort": dict(FEED_ORDER)}, {"$facet": facet}]
-    assert seen(lambda db: list(db.posts.aggregate(searched)), "scan_sorts") == 600
+
+    # The search reads only the posts whose title or content holds the word, in any case.
+    def holds(text: str) -> bool:
+        return re.search("needle", text, re.IGNORECASE) is not None
+
+    candidates = sum(holds(p["title"]) or holds(p["content"]) for p in posts)
+    assert 0 < candidates < 600
+    assert seen(lambda db: list(db.posts.aggregate(searched)), "text_sorts") == candidates
     assert engine.index_stats["matcher_fallbacks"] == before["matcher_fallbacks"]
     assert engine.index_stats["stock_finds"] == before["stock_finds"]
 
@@ -412,6 +430,88 @@ def test_the_fast_paths_run(servers: Any) -> None:
     assert twins.read(page, "after a failed write")[0]["_id"] == batch[0]["_id"]
     twins.read(count, "count after a failed write")
     assert engine.index_stats["rebuilds"] == rebuilds
+
+
+def _search(word: str, options: str = "i") -> dict[str, Any]:
+    """The service's search filter (service/models/post.py), without the feed's part."""
+    pattern = {"$regex": re.escape(word), "$options": options}
+    return {"$or": [{"title": pattern}, {"content": pattern}]}
+
+
+def test_text_columns_follow_writes_without_rebuilding(servers: Any) -> None:
+    """Each write changes only its own documents' segments: searches after inserts,
+    updates into and out of a match, into other kinds of value, deletes and a batch refused
+    half-way answer as mongoeco does, from the columns built once."""
+    world, twins, _ = _seeded(servers, "text_columns", 21, 300)
+    engine = twins.engine
+    feed = {"$or": [{"published": True}, {"owner_id": world.owners[0]}]}
+    facet = {"total": [{"$count": "n"}], "items": [{"$skip": 0}, {"$limit": 10}]}
+
+    def searched(word: str) -> Callable[[Db], Any]:
+        match = {"$and": [feed, _search(word)]}
+        pipeline = [{"$match": match}, {"$sort": dict(FEED_ORDER)}, {"$facet": facet}]
+        return lambda db: list(db.posts.aggregate(pipeline))
+
+    def everything(label: str) -> None:
+        for word in ("needle", "Zephyrine", "hay needle"):
+            twins.read(searched(word), f"{label}: {word}")
+            twins.read(lambda db, w=word: db.posts.count_documents(_search(w, "")), label)
+            twins.read(lambda db, w=word: list(db.posts.find(_search(w)).limit(3)), label)
+
+    everything("before writes")
+    builds = engine.index_stats["text_builds"]
+    assert builds >= 2  # the title's column and the content's, built by the first search
+    newest = {**world.post(), "title": "zephyrine", "published": True}
+    newest["created_at"] = datetime(2027, 1, 1, tzinfo=UTC)
+    target, batch = world.ids[4], [{**world.post(), "title": "zephyrine"}, {"_id": world.ids[4]}]
+    writes: list[Callable[[Db], Any]] = [
+        lambda db: db.posts.insert_one(dict(newest)),
+        lambda db: db.posts.update_one({"_id": target}, {"$set": {"title": "ZEPHYRINE x"}}),
+        lambda db: db.posts.update_one({"_id": target}, {"$set": {"content": "Hay Needle"}}),
+        lambda db: db.posts.update_one({"_id": target}, {"$set": {"title": "naïve zephyrine"}}),
+        lambda db: db.posts.update_one({"_id": target}, {"$set": {"title": ["zephyrine"]}}),
+        lambda db: db.posts.update_one({"_id": target}, {"$unset": {"content": ""}}),
+        lambda db: db.posts.update_many({"tag": "b"}, {"$set": {"content": "hay"}}),
+        lambda db: db.posts.delete_one({"_id": newest["_id"]}),
+        lambda db: db.posts.insert_many([dict(post) for post in batch]),  # refused half-way
+        lambda db: db.posts.replace_one({"_id": world.ids[9]}, {"title": "zephyrine needle"}),
+    ]
+    for number, write in enumerate(writes):
+        twins.write(write)
+        everything(f"after write {number}")
+    assert engine.index_stats["text_builds"] == builds
+
+
+def test_a_text_column_rebuilds_when_it_cannot_follow(servers: Any) -> None:
+    """A version the lineage does not lead back from (here, forgotten) is built afresh."""
+    world, twins, _ = _seeded(servers, "text_rebuild", 22, 50)
+    search = _search("needle")
+    twins.read(lambda db: list(db.posts.find(search)), "built")
+    builds = twins.engine.index_stats["text_builds"]
+    twins.write(
+        lambda db: db.posts.update_many({}, {"$set": {"title": "a needle", "content": "hay"}})
+    )
+    _LINEAGE.clear()
+    twins.write(lambda db: db.posts.update_one({"_id": world.ids[0]}, {"$set": {"title": "x"}}))
+    assert len(twins.read(lambda db: list(db.posts.find(search)), "rebuilt")) == 49
+    assert twins.engine.index_stats["text_builds"] == builds + 2  # title and content
+
+
+def test_folded_text_holds_a_piece_exactly_when_re_finds_it_ignoring_case() -> None:
+    """The text columns' folding against Python's re (mongoeco's), on text mixing ASCII
+    with the characters re matches to ASCII letters and others that merely look alike."""
+    table, unfoldable = _folding()
+    assert not unfoldable
+    assert {chr(c) for c in table if c > 127} == {"\u0130", "\u0131", "\u017f", "\u212a"}
+    rng = random.Random(6)
+    alphabet = "aAbiIkKsStxX .+(" + "\u0130\u0131\u017f\u212a\u00df\u00e9\u00c9\u0456\u0399\uff4b"
+    for _ in range(4000):
+        text = "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
+        piece = "".join(rng.choices("abikstx .+(", k=rng.randint(1, 3)))
+        found = re.search(re.escape(piece), text, re.IGNORECASE) is not None
+        assert (piece in text.translate(table)) == found, (text, piece)
+        if re.search(re.escape(piece), text) is not None:  # as written: found folded too
+            assert piece in text.translate(table), (text, piece)
 
 
 def test_an_unusable_index_sends_reads_to_the_stock_path(servers: Any) -> None:
