@@ -761,7 +761,7 @@ def _merge_equalities(nodes: Iterable[QueryNode], into: dict[str, Any]) -> bool:
 def _disjunctions(plan: QueryNode) -> Iterator[list[_Branch]]:
     """Ways to see the filter as an OR of branches with equalities, best first: the top-level
     equalities alone, then each top-level $or with the top-level equalities in each branch."""
-    conjuncts = _conjuncts(plan)
+    conjuncts = [_as_disjunction(conjunct) for conjunct in _conjuncts(plan)]
     top: dict[str, Any] = {}
     top_exact = _merge_equalities(conjuncts, top)
     if top:
@@ -778,6 +778,19 @@ def _disjunctions(plan: QueryNode) -> Iterator[list[_Branch]]:
             branches.append(_Branch(equalities, exact))
         if all(branch.equalities for branch in branches):
             yield branches
+
+
+def _as_disjunction(node: QueryNode) -> QueryNode:
+    """An `$in` of plain values as the $or of its equalities (which it is, for values an
+    index can answer), so that each value's range of an index can serve it."""
+    if (
+        isinstance(node, InCondition)
+        and not node.null_matches_undefined
+        and node.values
+        and all(_equality(EqualsCondition(node.field, value)) for value in node.values)
+    ):
+        return OrCondition(tuple(EqualsCondition(node.field, value) for value in node.values))
+    return node
 
 
 # Node kinds whose evaluation cannot fail or differ by document in a way the engine would
@@ -877,18 +890,25 @@ class _Source:
         v, name = self.local(), self.constant(field)
         read = f"({v} := d.get({name}, M))"
         if isinstance(node, EqualsCondition):
-            value = node.value
-            if node.null_matches_undefined:
+            plain = _same_kind(node.value, read, v)
+            if node.null_matches_undefined or plain is None:
                 return None
-            if type(value) in (bool, int, str):
-                plain = f"type({read}) is {type(value).__name__}"
-            elif isinstance(value, ObjectId):
-                plain = f"isinstance({read}, OID)"
-            elif type(value) is datetime and value.tzinfo is None:
-                plain = f"type({read}) is DT and {v}.tzinfo is None"
-            else:
+            return f"(({v} == {self.constant(node.value)}) if {plain} else np())"
+        if isinstance(node, InCondition):
+            # Values all of one plain kind, and no null (which would match a missing field).
+            kinds = {_same_kind(value, read, v) for value in node.values}
+            if node.null_matches_undefined or len(kinds) != 1 or None in kinds:
                 return None
-            return f"(({v} == {self.constant(value)}) if {plain} else np())"
+            [plain] = kinds
+            values = self.constant(frozenset(node.values))
+            return f"(({v} in {values}) if {plain} else np())"
+        comparison = _COMPARISONS.get(type(node))
+        if comparison is not None:
+            value = getattr(node, "value", None)
+            plain = _same_kind(value, read, v)
+            if plain is None:
+                return None
+            return f"(({v} {comparison} {self.constant(value)}) if {plain} else np())"
         if isinstance(node, RegexCondition):
             regex = self.constant(compile_regex(node.pattern, node.options))
             search = f"({regex}.search({v}) is not None)"
@@ -902,6 +922,30 @@ class _Source:
                 search = f"({self.constant(literal)} in {v})"
             return f"({search} if type({read}) is str else np())"
         return None
+
+
+# For a plain value and a stored value of the same kind, Python compares as MongoDB does:
+# numbers, datetimes, ObjectIds (by their bytes) and strings (by code point, which is the
+# order of their UTF-8 bytes, MongoDB's without a collation).
+_COMPARISONS: dict[type[QueryNode], str] = {
+    GreaterThanCondition: ">",
+    GreaterThanOrEqualCondition: ">=",
+    LessThanCondition: "<",
+    LessThanOrEqualCondition: "<=",
+}
+
+
+def _same_kind(value: Any, read: str, v: str) -> str | None:
+    """An expression true when the stored value (read by `read` into `v`) is of the query
+    value's plain kind, where Python's == and order are MongoDB's; None if the query
+    value is of no such kind. `type(...) is` keeps True from equalling 1."""
+    if type(value) in (bool, int, str):
+        return f"type({read}) is {type(value).__name__}"
+    if isinstance(value, ObjectId):
+        return f"isinstance({read}, OID)"
+    if type(value) is datetime and value.tzinfo is None:
+        return f"type({read}) is DT and {v}.tzinfo is None"
+    return None
 
 
 def _not_plain() -> bool:

@@ -264,6 +264,14 @@ class World:
                 {"$or": [{"published": True}, {"title": "x"}]},  # a branch no index holds
                 {"$or": [{"published": True}, {"owner_id": viewer}], "tag": "a"},
                 {"owner_id": {"$in": [viewer]}},
+                # As a login counts attempts: an $in of keys, after a time.
+                {
+                    "owner_id": {"$in": [viewer, rng.choice(self.owners)]},
+                    "created_at": {"$gt": rng.choice(self.times)},
+                },
+                {"tag": {"$in": ["a", "B", 1]}},  # mixed kinds: the engine's own matcher
+                {"published": {"$in": [True, 1]}, "tag": {"$lte": "b"}},
+                {"title": {"$gt": "n"}, "created_at": {"$lt": rng.choice(self.times)}},
                 {"created_at": {"$gte": rng.choice(self.times)}, "published": True},
                 {"published": 1},  # a number never equals a boolean
                 {"owner_id": str(viewer)},
@@ -637,11 +645,18 @@ def test_the_native_matcher_agrees_with_the_engine_document_by_document() -> Non
     for _ in range(30):
         regex = {"$regex": rng.choice(patterns), "$options": rng.choice(["", "i"])}
         equals = {"a": rng.choice(PLAIN_VALUES)}
+        compared = {rng.choice(["$gt", "$gte", "$lt", "$lte"]): rng.choice(PLAIN_VALUES + texts)}
+        kind = type(rng.choice(PLAIN_VALUES))  # an $in of one kind (mixed: the engine's)
+        of_kind = [v for v in PLAIN_VALUES + texts if type(v) is kind]
+        listed = rng.sample(of_kind, rng.randint(1, min(3, len(of_kind))))
         filters += [
             equals,
             {"t": regex},
             {"$or": [equals, {"b": rng.choice(PLAIN_VALUES)}]},
             {"$and": [{"$or": [equals, {"t": regex}]}, {"b": rng.choice(PLAIN_VALUES)}]},
+            {"a": compared},
+            {"t": compared, "b": {"$in": listed}},
+            {"b": {"$in": listed}},
         ]
     native_answers = fallbacks = 0
     for query in filters:
