@@ -25,8 +25,10 @@ NOT_AUTHORIZED = "Not authorized to perform requested action"
 TOO_MANY_ATTEMPTS = "Too many failed login attempts"
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with (and its secret resolved at start)."""
+    # async although it never awaits: FastAPI runs a plain `def` dependency in its thread
+    # pool, a hand-off to another thread and back on every request that needs the settings.
     settings: Settings = request.app.state.settings
     return settings
 
@@ -82,10 +84,10 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 async def get_visible_post(post_id: IdIn, user: CurrentUser) -> PostOut:
     """The post with its owner and votes; someone else's draft does not exist (404)."""
     row = await Post.get_pymongo_collection().find_one({"_id": post_id})
-    post = Post.model_validate(row) if row is not None else None
-    if post is None or not post.is_visible_to(id_of(user)):
+    if row is None or not Post.row_is_visible_to(row, id_of(user)):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"post with id: {post_id} was not found")
-    return PostOut.of(post)
+    # Straight from the stored document, as the feed's posts are: no `Post` built on the way.
+    return PostOut.of_row(row)
 
 
 def no_such_post(post_id: object) -> HTTPException:

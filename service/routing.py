@@ -147,7 +147,7 @@ class ContractRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError:
                 token = await oauth2_scheme(request)
-                await get_current_session(get_app_settings(request), token)  # raises the 401
+                await get_current_session(await get_app_settings(request), token)  # raises the 401
                 raise
 
         return handle

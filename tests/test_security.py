@@ -91,6 +91,25 @@ def test_expired_token_is_rejected():
         security.decode_access_token(token, SETTINGS)
 
 
+def test_a_token_verified_before_is_still_rejected_once_it_expires():
+    # Verified tokens are remembered (security.decode_access_token): the expiry is checked
+    # again on each use, not only the first time.
+    issued = datetime.now(UTC) - timedelta(minutes=29)
+    token = security.create_access_token("a" * 24, SETTINGS, session_id="s", epoch=0, now=issued)
+    assert security.decode_access_token(token, SETTINGS).sub == "a" * 24
+    assert security.decode_access_token(token, SETTINGS).sub == "a" * 24
+    with pytest.raises(jwt.ExpiredSignatureError):
+        security.decode_access_token(token, SETTINGS, now=issued + timedelta(minutes=30))
+
+
+def test_a_token_verified_before_is_rejected_under_another_key():
+    token = security.create_access_token("a" * 24, SETTINGS, session_id="s", epoch=0)
+    assert security.decode_access_token(token, SETTINGS).sub == "a" * 24
+    rotated = make_settings("mongodb://unused", "unused", secret_key="r" * 64)
+    with pytest.raises(jwt.InvalidSignatureError):
+        security.decode_access_token(token, rotated)
+
+
 def test_token_signed_with_another_key_is_rejected():
     token = jwt.encode({"sub": "a" * 24, "exp": 4102444800, "iat": 0, "jti": "x"}, "k" * 40)
     with pytest.raises(jwt.InvalidSignatureError):

@@ -1,6 +1,7 @@
 """Posts: the document, its schemas, and the reads that join owners and vote counts."""
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Self
 
@@ -69,6 +70,13 @@ class Post(Document, PostBase):
     def is_visible_to(self, user_id: PydanticObjectId) -> bool:
         """Drafts exist only for their owner; a post whose owner is gone, for nobody."""
         return self.owner is not None and (self.published or self.owner_id == user_id)
+
+    @classmethod
+    def row_is_visible_to(cls, row: Mapping[str, Any], user_id: PydanticObjectId) -> bool:
+        """`is_visible_to` for a post as stored, before (or without) building a `Post`."""
+        return row.get("owner") is not None and (
+            row.get("published", True) or row.get("owner_id") == user_id
+        )
 
     @classmethod
     def visible_to(cls, viewer_id: PydanticObjectId) -> dict[str, Any]:
@@ -168,13 +176,9 @@ class PostOut(BaseModel):
     votes: int
 
     @classmethod
-    def of(cls, post: Post) -> Self:
-        return cls(post=PostPublic.of(post), votes=post.votes)
-
-    @classmethod
-    def of_row(cls, row: dict[str, Any]) -> Self:
+    def of_row(cls, row: Mapping[str, Any]) -> Self:
         """A stored post (with an owner) as the API shows it, straight from the stored
-        document: a page of them skips building a `Post` for each."""
+        document: the feed and `GET /posts/{post_id}` skip building a `Post` for it."""
         owner = row["owner"]
         public = {"id": row["owner_id"], "email": owner["email"], "created_at": owner["created_at"]}
         return cls.model_validate(
