@@ -38,6 +38,7 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import aclosing
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -154,29 +155,45 @@ def union_filters(pipeline: Any) -> dict[str, dict[str, Any]]:
     return {name: match for name, match in filters.items() if references[name] == 1}
 
 
+class _Selected(list[Any]):
+    """A collection's documents that a union's opening `$match` selected, read as a find for
+    this aggregation alone (fresh copies, as every scan gives)."""
+
+    def __init__(self, documents: Iterable[Any], match: dict[str, Any]) -> None:
+        super().__init__(documents)
+        self.match = match
+
+
 def install_union_pushdown() -> None:
     """Make mongoeco's aggregations read a `$unionWith`'s collection through its `$match`.
 
-    mongoeco 4.11 loads every document of a collection that a `$unionWith` or `$lookup` names
-    and only then runs the stage's pipeline over them, so a login's union with the window's
-    attempts and the sessions that succeeded cost a pass over both whole collections. When a
-    collection is named once, by a `$unionWith` whose pipeline opens with a plain `$match`,
-    it is read as a find with that filter instead (through the engine's indexes); the stage
-    still applies the `$match` itself, so the answer is the same. Anything else is loaded as
-    mongoeco loads it.
+    mongoeco 4.11 loads every document of a collection that a `$unionWith` or `$lookup` names,
+    copies each, and only then runs the stage's pipeline over them, so a login's union with
+    the window's attempts and the sessions that succeeded cost a pass over both whole
+    collections. When a collection is named once, by a `$unionWith` whose pipeline opens with
+    a plain `$match`, and the aggregation has no collation, it is read as a find with that
+    filter instead (through the engine's indexes): those documents are all it can use. The
+    stage then runs the rest of its pipeline on them as they are: they already match, and
+    were copied for this read alone. Anything else is loaded, and joined, as mongoeco does.
     """
     from mongoeco.api._async.aggregation_cursor import AsyncAggregationCursor
     from mongoeco.api.operations import compile_find_operation
     from mongoeco.compat import MONGODB_DIALECT_70
+    from mongoeco.core.aggregation import resources
+    from mongoeco.core.aggregation import stages as stages_module
+    from mongoeco.core.aggregation.runtime import _require_union_with_spec
 
     cursor: Any = AsyncAggregationCursor
+    stages: Any = stages_module
     if getattr(cursor, "_union_pushdown", False):
         return
     load_all = cursor._load_collection_documents
+    union_all = stages._apply_union_with
+    scoped: Any = resources.scoped_resolver_kwargs
 
     async def load(self: Any, collection_name: str) -> list[Any]:
         match = union_filters(self._effective_pipeline()).get(collection_name)
-        if match is None:
+        if match is None or getattr(self, "_collation", None) is not None:
             return list(await load_all(self, collection_name))
         union_pushdowns[collection_name] += 1
         operation = compile_find_operation(
@@ -185,12 +202,37 @@ def install_union_pushdown() -> None:
             max_time_ms=self._max_time_ms,
             dialect=getattr(self._collection, "mongodb_dialect", MONGODB_DIALECT_70),
         )
-        return [
-            document
-            async for document in self._scan_collection_with_operation(collection_name, operation)
-        ]
+        scan = self._scan_collection_with_operation(collection_name, operation)
+        return _Selected([document async for document in scan], match)
+
+    def union_with(
+        documents: list[Any],
+        spec: object,
+        collection_resolver: Any,
+        variables: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> list[Any]:
+        union = _require_union_with_spec(spec)
+        name, pipeline = union["coll"], union["pipeline"] or []
+        selected = collection_resolver(name) if collection_resolver and name else None
+        if not isinstance(selected, _Selected) or pipeline[:1] != [{"$match": selected.match}]:
+            return list(union_all(documents, spec, collection_resolver, variables, **options))
+        union_pushdowns["joined as read"] += 1
+        named = ("dialect", "collation", "spill_policy", "lookup_hash_max_associations")
+        settings = {key: options.pop(key) for key in (*named, "deadline") if key in options}
+        joined: list[Any] = list(selected)
+        if pipeline[1:]:
+            joined = stages.apply_pipeline(
+                joined,
+                pipeline[1:],
+                **scoped(collection_resolver, name, options),
+                variables=variables,
+                **settings,
+            )
+        return [deepcopy(document) for document in documents] + joined
 
     cursor._load_collection_documents = load
+    stages._apply_union_with = union_with
     cursor._union_pushdown = True
 
 
@@ -872,6 +914,23 @@ class _Source:
         self.locals += 1
         return f"v{self.locals}"
 
+    def path(self, field: str) -> tuple[str, str]:
+        """A local for the field's value and the expression that reads it into the local:
+        M if the path is missing (a part missing, or a plain scalar or null on the way), the
+        value if every part on the way is a document; through an array, or any other kind of
+        value, np() (arrays fan out, which the engine's matcher does)."""
+        parts = field.split(".")
+        v = self.local()
+        source = f"d.get({self.constant(parts[0])}, M)"
+        for part in parts[1:]:
+            outer = self.local()
+            descend = f"{outer}.get({self.constant(part)}, M)"
+            stops = f"{outer} is M or {outer} is None or isinstance({outer}, PLAIN)"
+            source = (
+                f"({descend} if type({outer} := {source}) is dict else (M if {stops} else np()))"
+            )
+        return v, f"({v} := {source})"
+
     def expression(self, node: QueryNode) -> str | None:
         """The node as an expression on the document `d`, True or False when the values it
         reads are plain, else raising _NotPlain (by calling `np()`); None if the node is
@@ -885,15 +944,19 @@ class _Source:
             joiner = " and " if isinstance(node, AndCondition) else " or "
             return "(" + joiner.join(part for part in parts if part is not None) + ")"
         field = getattr(node, "field", None)
-        if not isinstance(field, str) or "." in field or field.startswith("$"):
+        if not isinstance(field, str) or not all(
+            part and part[0] != "$" for part in field.split(".")
+        ):
             return None
-        v, name = self.local(), self.constant(field)
-        read = f"({v} := d.get({name}, M))"
+        v, read = self.path(field)
+        # A missing or null value matches none of these (the null-matching forms are left out
+        # above): False, where anything else not plain goes to the engine's matcher.
+        otherwise = f"(False if {v} is M or {v} is None else np())"
         if isinstance(node, EqualsCondition):
             plain = _same_kind(node.value, read, v)
             if node.null_matches_undefined or plain is None:
                 return None
-            return f"(({v} == {self.constant(node.value)}) if {plain} else np())"
+            return f"(({v} == {self.constant(node.value)}) if {plain} else {otherwise})"
         if isinstance(node, InCondition):
             # Values all of one plain kind, and no null (which would match a missing field).
             kinds = {_same_kind(value, read, v) for value in node.values}
@@ -901,13 +964,15 @@ class _Source:
                 return None
             [plain] = kinds
             values = self.constant(frozenset(node.values))
-            return f"(({v} in {values}) if {plain} else np())"
+            return f"(({v} in {values}) if {plain} else {otherwise})"
         comparison = _COMPARISONS.get(type(node))
         if comparison is not None:
             value = getattr(node, "value", None)
             plain = _same_kind(value, read, v)
             if plain is None:
                 return None
+            # Not `otherwise`: mongoeco orders null and missing below everything ($lt: ""
+            # matches null), so those go to its matcher.
             return f"(({v} {comparison} {self.constant(value)}) if {plain} else np())"
         if isinstance(node, RegexCondition):
             regex = self.constant(compile_regex(node.pattern, node.options))
@@ -920,7 +985,7 @@ class _Source:
                 search = f"(({folded} in {v}.lower()) if {v}.isascii() else {search})"
             elif literal is not None:
                 search = f"({self.constant(literal)} in {v})"
-            return f"({search} if type({read}) is str else np())"
+            return f"({search} if type({read}) is str else {otherwise})"
         return None
 
 
@@ -967,6 +1032,7 @@ def _predicate(node: QueryNode) -> _Predicate | None:
         "M": _MISSING,
         "OID": ObjectId,
         "DT": datetime,
+        "PLAIN": (str, int, float, datetime, ObjectId),
         "np": _not_plain,
     }
     exec(f"def test(d):\n    return {expression}\n", namespace)

@@ -638,9 +638,15 @@ def test_the_native_matcher_agrees_with_the_engine_document_by_document() -> Non
     def value() -> Any:
         return rng.choice(PLAIN_VALUES + ODD_VALUES + texts)
 
-    documents = [
-        {name: value() for name in ("a", "b", "t") if rng.random() < 0.85} for _ in range(250)
-    ]
+    def document() -> dict[str, Any]:
+        fields = {name: value() for name in ("a", "b", "t") if rng.random() < 0.85}
+        if rng.random() < 0.6:  # a subdocument, or on the path something that is not one
+            fields["s"] = {k: v for k, v in fields.items() if rng.random() < 0.85}
+        elif rng.random() < 0.7:
+            fields["s"] = rng.choice([None, "needle", 7, [dict(fields)], [], {"a": [1]}])
+        return fields
+
+    documents = [document() for _ in range(250)]
     filters: list[dict[str, Any]] = []
     for _ in range(30):
         regex = {"$regex": rng.choice(patterns), "$options": rng.choice(["", "i"])}
@@ -657,6 +663,9 @@ def test_the_native_matcher_agrees_with_the_engine_document_by_document() -> Non
             {"a": compared},
             {"t": compared, "b": {"$in": listed}},
             {"b": {"$in": listed}},
+            {"s.a": rng.choice(PLAIN_VALUES)},
+            {"s.t": regex, "s.b": {"$in": listed}},
+            {"s.a": compared},
         ]
     native_answers = fallbacks = 0
     for query in filters:
@@ -691,39 +700,44 @@ def test_only_plain_literals_skip_the_regex(pattern: str, literal: str | None) -
 
 
 @pytest.mark.parametrize(
-    ("match", "pushed"),
+    ("match", "collation", "pushed"),
     [
-        ({"key": {"$in": ["a", "c"]}, "at": {"$gt": 3}}, True),
-        ({"$or": [{"key": "b"}, {"at": {"$lte": 1}}]}, True),
-        ({"$expr": {"$gt": ["$at", 3]}}, False),  # an expression: loaded whole, as mongoeco does
+        ({"key": {"$in": ["a", "c"]}, "at": {"$gt": 3}}, None, True),
+        ({"$or": [{"key": "b"}, {"at": {"$lte": 1}}]}, None, True),
+        ({"$expr": {"$gt": ["$at", 3]}}, None, False),  # an expression: loaded whole
+        ({"key": "A"}, {"locale": "en", "strength": 1}, False),  # a collation: loaded whole
     ],
 )
-def test_a_union_reads_only_what_its_match_selects(servers: Any, match: Any, pushed: bool) -> None:
+def test_a_union_reads_only_what_its_match_selects(
+    servers: Any, match: Any, collation: Any, pushed: bool
+) -> None:
+    """Read through its $match, a union runs the rest of its pipeline on what it read, and
+    answers as mongoeco does, as the login's count does."""
     install_union_pushdown()  # what the embedded store's start does (idempotent)
-    _, ours, _ = servers
-    db = ours[f"union_{random.randrange(10**9)}"]
-    db.base.insert_one({"_id": "only", "n": 1})
+    twins = _twins(servers, f"union_{random.randrange(10**9)}")
     rows = [{"_id": i, "key": "abc"[i % 3], "at": i % 7} for i in range(60)]
-    db.other.insert_many(rows)
-    db.other.create_index([("key", 1), ("at", 1)])
-    before = union_pushdowns["other"]
+    twins.write(lambda db: db.base.insert_one({"_id": "only", "n": 1}))
+    twins.write(lambda db: db.other.insert_many([dict(row) for row in rows]))
+    twins.write(lambda db: db.other.create_index([("key", 1), ("at", 1)]))
+    inner = [
+        {"$match": match},
+        {"$group": {"_id": "$key", "seen": {"$push": {"id": "$_id", "at": "$at"}}}},
+        {"$project": {"_id": 0, "of": "$_id", "seen": 1}},
+        {"$sort": {"of": 1}},
+    ]
+    pipeline = [{"$match": {"n": 1}}, {"$unionWith": {"coll": "other", "pipeline": inner}}]
+    options = {} if collation is None else {"collation": collation}
+    before = union_pushdowns["other"], union_pushdowns["joined as read"]
 
-    answer = db.base.aggregate(
-        [
-            {"$match": {"n": 1}},
-            {
-                "$unionWith": {
-                    "coll": "other",
-                    "pipeline": [{"$match": match}, {"$sort": {"_id": 1}}],
-                }
-            },
-        ]
-    ).to_list()
+    answer = twins.ours.base.aggregate(pipeline, **options).to_list()
 
-    expected = [{"_id": "only", "n": 1}, *db.other.find(match).sort("_id", 1)]
+    # Both servers run in this process, under the same (patched) cursor: the answer to
+    # match is mongoeco's own aggregation of the union's pipeline, on the stock server.
+    expected = [{"_id": "only", "n": 1}, *twins.stock.other.aggregate(inner, **options)]
     assert answer == expected
     assert len(answer) > 1
-    assert union_pushdowns["other"] - before == (1 if pushed else 0)
+    after = union_pushdowns["other"], union_pushdowns["joined as read"]
+    assert after == (before[0] + pushed, before[1] + pushed)
 
 
 def test_a_collection_named_twice_is_loaded_whole() -> None:
