@@ -42,7 +42,7 @@ from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from itertools import chain, islice
 from operator import itemgetter
 from string import ascii_lowercase
@@ -1022,22 +1022,30 @@ def _predicate(node: QueryNode) -> _Predicate | None:
     scalars (raising _NotPlain otherwise), or None if the filter has other kinds of node.
     Generated as one expression, as mongoeco's CompiledQuery does, to save calls per
     document; the constants (field names, values, patterns) are passed in, never written
-    into the source."""
+    into the source, so filters of one shape share one compiled function."""
     source = _Source()
     expression = source.expression(node)
     if expression is None:
         return None
+    return _compiled(expression)(source.constants)
+
+
+@lru_cache(maxsize=1024)
+def _compiled(expression: str) -> Callable[[list[Any]], _Predicate]:
+    """The test for one shape of filter, made once (compiling takes longer than most reads):
+    a function of the constants that returns the test."""
     namespace: dict[str, Any] = {
-        "K": source.constants,
         "M": _MISSING,
         "OID": ObjectId,
         "DT": datetime,
         "PLAIN": (str, int, float, datetime, ObjectId),
         "np": _not_plain,
     }
-    exec(f"def test(d):\n    return {expression}\n", namespace)
-    test: _Predicate = namespace["test"]
-    return test
+    exec(
+        f"def make(K):\n    def test(d):\n        return {expression}\n    return test\n", namespace
+    )
+    make: Callable[[list[Any]], _Predicate] = namespace["make"]
+    return make
 
 
 class _NativeMatcher:
