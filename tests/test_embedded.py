@@ -1,5 +1,6 @@
 """The embedded development store, the signing key, and what refuses to start."""
 
+import gc
 import logging
 import socket
 import stat
@@ -13,7 +14,7 @@ from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.config import ConfigurationError, Settings
-from service.db import EMBEDDED_DB_FILE, EMBEDDED_LOCK_FILE, EmbeddedStore
+from service.db import EMBEDDED_DB_FILE, EMBEDDED_LOCK_FILE, EmbeddedStore, gc_freezing
 from service.main import create_app
 from tests.conftest import running_server
 from tests.factories import DEFAULT_PASSWORD, create_user, login
@@ -142,6 +143,25 @@ def test_a_store_that_cannot_start_says_why_and_releases_its_lock(data_dir):
     store = EmbeddedStore("sqlite", data_dir)
     store.start()
     store.stop()
+
+
+def test_a_running_store_freezes_what_survives_each_full_collection(data_dir):
+    store = EmbeddedStore("memory", data_dir)
+    store.start()
+    try:
+        assert gc_freezing.after_collection in gc.callbacks
+        gc.collect()
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        survivors = [[number] for number in range(5_000)]  # tracked objects that survive
+        gc.collect()
+        # Only what came since the last full collection was examined, and is frozen now.
+        assert gc.get_freeze_count() >= frozen + len(survivors)
+    finally:
+        store.stop()
+    if not gc_freezing.held:  # no other store in this process: all handed back
+        assert gc_freezing.after_collection not in gc.callbacks
+        assert gc.get_freeze_count() == 0
 
 
 def test_data_dir_is_private(data_dir):
