@@ -193,7 +193,7 @@ async def end_all_sessions(
     return User.model_validate(raw)
 
 
-async def delete_account(user: User, check: PasswordCheck | None = None) -> bool:
+async def delete_account(user: User) -> bool:
     """Delete a user with their posts, every vote on those posts, their votes, their sessions.
 
     Each of the user's votes on other users' posts is taken back with its count. The order
@@ -203,27 +203,16 @@ async def delete_account(user: User, check: PasswordCheck | None = None) -> bool
     the user document goes last. False, and nothing deleted, if the password changed or every
     session ended since `user` was read.
 
-    `check` is the password check that allowed the deletion. The login throttle's attempts
-    of the email go, and so do the address records of that check and of the user's logins:
-    those were successes, recorded on the refresh tokens that go here, and without that
-    record they would count against their client address as failures.
+    The login throttle's attempts of the email go too (the successes that discount them are
+    recorded on the refresh tokens that go here). The failures of its client addresses stay:
+    they were failures, whoever's email they tried.
     """
     user_id = id_of(user)
     if await end_all_sessions(user_id, unchanged=user) is None:
         return False
     await _delete_content(user_id)
-    tokens = RefreshToken.get_pymongo_collection()
-    succeeded = list(check.attempt_ids) if check is not None else []
-    async for row in tokens.find(
-        {"user_id": user_id, "password_check": {"$type": "object"}},
-        {"password_check.attempt_ids": 1},
-    ):
-        succeeded += row["password_check"]["attempt_ids"]
-    attempts = LoginAttempt.get_pymongo_collection()
-    await attempts.delete_many({"key": email_key(user.email)})
-    for start in range(0, len(succeeded), BATCH):
-        await attempts.delete_many({"_id": {"$in": succeeded[start : start + BATCH]}})
-    await tokens.delete_many({"user_id": user_id})
+    await LoginAttempt.get_pymongo_collection().delete_many({"key": email_key(user.email)})
+    await RefreshToken.get_pymongo_collection().delete_many({"user_id": user_id})
     await User.get_pymongo_collection().delete_one({"_id": user_id})
     # A request of this user that was authenticated before the sessions ended may still have
     # written a post or vote since; without transactions, a second pass is what sweeps it up.

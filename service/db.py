@@ -259,6 +259,7 @@ async def connect(
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "users": {"session_epoch": 0, "revoked_sessions": []},
     "refresh_tokens": {"password_check": None},
+    "login_attempts": {"failed": None},
 }
 # Fields added later whose value is derived from other collections (service/derived.py).
 DERIVED_FIELDS: dict[str, tuple[str, ...]] = {"posts": ("owner", "votes"), "users": ("drafts",)}

@@ -9,11 +9,12 @@ from bson import ObjectId
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
 
+from service import throttle
 from service.config import Settings
 from service.models import Post, PostOut, User, id_of
 from service.models.base import IdIn
 from service.security import TokenClaims, decode_access_token
-from service.throttle import Attempt, TooManyAttempts, begin_attempt
+from service.throttle import CheckedPassword
 
 # auto_error=False: a missing header gets this project's own 401, raised below.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="login", auto_error=False)
@@ -114,18 +115,30 @@ def client_host(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def begin_password_check(
-    email: str, request: Request, settings: Settings, *, account_email: str | None
-) -> Attempt:
-    """Admit a password check past the login throttle, or answer 429 without checking it.
+async def check_password(
+    email: str,
+    password: str,
+    request: Request,
+    settings: Settings,
+    *,
+    account_email: str | None,
+    hashed_password: str | None = None,
+) -> CheckedPassword:
+    """Check a password past the login throttle, or answer 429 without checking it.
 
-    The attempt carries the account of `account_email`, read with the count (service/throttle.py).
+    The account of `account_email` is read with the throttle's count (service/throttle.py);
+    the password is checked against `hashed_password`, or else that account's hash.
     """
     try:
-        return await begin_attempt(
-            email, client_host(request), settings, account_email=account_email
+        return await throttle.check_password(
+            email,
+            password,
+            client_host(request),
+            settings,
+            account_email=account_email,
+            hashed_password=hashed_password,
         )
-    except TooManyAttempts as refused:
+    except throttle.TooManyAttempts as refused:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             TOO_MANY_ATTEMPTS,

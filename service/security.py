@@ -36,8 +36,11 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, thread, lower)
 
 
+# How many hashes run at once in each process: all cores but one.
+HASH_WORKERS = max(1, (os.cpu_count() or 2) - 1)
+
 _hash_pool = ThreadPoolExecutor(
-    max_workers=max(1, (os.cpu_count() or 2) - 1),
+    max_workers=HASH_WORKERS,
     thread_name_prefix="bcrypt",
     initializer=_lower_priority,
 )

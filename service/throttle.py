@@ -1,43 +1,65 @@
 """Login throttling: failed password checks counted per email and per client address.
 
-Each password check writes one `login_attempts` document per key before the password is
-checked, then counts the keys' attempts within the window. Writing first makes the limit
-hold under concurrency: of N simultaneous attempts each one counts at least the attempts
-written before it, so no more than the limit get through, however many run at once (a burst
-may refuse a few more than it strictly had to: the limit errs on the closed side). A refused
-attempt takes its documents back, so waiting out a refusal is enough; a failure leaves them
-to be counted.
+A password check (a login, or the password of a password change or account deletion) goes
+in four steps, all of its state in MongoDB so that every API process counts the same:
 
-A success makes no write of its own here. It is recorded on the first refresh token of the
-session it begins (`RefreshToken.password_check`), a write the success makes anyway, with
-the ids of the attempts it discounts: its own two, and the failures of its email that it
-counted (so the email's counter resets). Every count reads those records back and leaves
-the listed attempts out: by id, not by time, so no two processes' clocks are compared. A
-success lists only attempts written before its own count, so the bound above holds between
-successes: no more than the limit of failures are checked after the latest one. The count is
-one aggregation on `users`, which reads the account the email names as well, so a login
-costs the attempt's insert, that aggregation and, on success, the refresh token's insert:
-3 commands, 2 for a wrong password, 3 for a refusal, whether the email exists or not.
+1. Its attempt is written under the email's key: one `login_attempts` document.
+2. It takes one of the process's check slots (one per hashing thread) and, holding it, counts
+   in one aggregation on `users`, which also reads the account the email names:
+   - the email's attempts within the window, but those a success lists (step 4);
+   - the client address's failures within the window.
+   Past either limit the attempt is taken back and refused (TooManyAttempts), unchecked.
+3. The password is checked, in the hashing pool.
+4. A failure is recorded before the slot is let go: the email's attempt is marked failed and
+   a failure is written under the address's key, one `update` command for both. A success
+   writes nothing here. It is recorded on the first refresh token of the session it begins
+   (`RefreshToken.password_check`), a write the success makes anyway, with the ids of the
+   attempts it discounts: its own, and the failures of its email that it counted, which is
+   how the email's counter resets. By id, not by time, so no two processes' clocks are
+   compared.
+
+So every outcome costs 3 commands: the attempt's insert, the aggregation, then the refresh
+token's insert (success), the failure's update (wrong password or unknown email) or the
+attempt's delete (refused).
+
+Why the two keys are counted differently. The email's attempt is written before its count
+so that the email's limit holds under any concurrency: of N simultaneous attempts, each
+counts at least those written before it, so no more than the limit get checked, however many
+processes take them (a burst may refuse a few more than it strictly had to: the limit errs
+on the closed side). An address, though, may be a NAT or a proxy that many people log in
+through: it is counted by its failures alone, so successes leave nothing under it and what a
+login reads stays small however busy the address (an earlier design wrote every attempt
+under the address too, and each login read every login of the window from its address).
+Its bound under concurrency comes from the slots: the count, the check and the failure's
+record of one attempt all happen while it holds its slot, so each count sees every failure
+of the attempts that held a slot before it. Only checks in other slots at that very moment
+(other hashing threads, other processes) can be missed: a simultaneous burst from one
+address gets at most the limit plus one per other slot checked.
 
 A TTL index deletes attempts after the window, and every count also filters by time, so the
-TTL monitor's lag changes nothing. All of it is in MongoDB: every API process counts the
-same attempts.
+TTL monitor's lag changes nothing.
 """
 
+import asyncio
 import hashlib
 import ipaddress
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from beanie import PydanticObjectId
 from bson import ObjectId
+from pymongo import UpdateOne
 
 from service.config import Settings
 from service.models.base import utc_now
 from service.models.session import LoginAttempt, PasswordCheck, RefreshToken
 from service.models.user import User
+from service.security import HASH_WORKERS, verify_password
 
 ADDRESS_MAX = 64
 # Successes are read this much further back than the window: one that lists an attempt is
@@ -77,59 +99,101 @@ def address_key(host: str | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
-    """A password check admitted by the throttle, and the account its email names."""
+class CheckedPassword:
+    """A password check the throttle admitted, and what it found."""
 
-    # What the session this check begins records if it succeeds (accounts.start_session).
-    check: PasswordCheck
-    # The `users` document of the email, read in the same round trip as the count; None if
-    # no account has that email.
+    valid: bool
+    # The `users` document of the email, read with the count; None if no account has it.
     account: dict[str, Any] | None
+    # What the session a valid check begins records (accounts.start_session).
+    check: PasswordCheck
 
 
-async def begin_attempt(
-    email: str, host: str | None, settings: Settings, *, account_email: str | None
-) -> Attempt:
-    """Count a password check against its email and address, or raise TooManyAttempts.
+# One semaphore per event loop (an asyncio primitive belongs to the loop it first waits on).
+_slots: "WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def _check_slot() -> AsyncIterator[None]:
+    """One of this process's HASH_WORKERS check slots, for as long as the block runs."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(HASH_WORKERS)
+    async with slots:
+        yield
+
+
+async def check_password(
+    email: str,
+    password: str,
+    host: str | None,
+    settings: Settings,
+    *,
+    account_email: str | None,
+    hashed_password: str | None = None,
+) -> CheckedPassword:
+    """Check a password against the throttle's limits, or raise TooManyAttempts unchecked.
 
     `email` is what was typed; `account_email` its stored form (models.user.normalize_email),
-    whose account is read in the same round trip, or None for text that cannot be an
-    account's email (then nothing matches, and the commands are the same).
+    whose account is read with the count, or None for text that cannot be an account's email
+    (then nothing matches, and the commands are the same). The password is checked against
+    `hashed_password`, or else the account's (a dummy hash without one: see security.py).
     """
-    now = utc_now()
     window = timedelta(seconds=settings.login_failure_window_seconds)
     keys = (email_key(email), address_key(host))
-    limits = {
-        keys[0]: settings.login_max_failures_per_email,
-        keys[1]: settings.login_max_failures_per_address,
-    }
     attempts = LoginAttempt.get_pymongo_collection()
-    written = await attempts.insert_many(
-        [{"key": key, "at": now, "expires_at": now + window} for key in keys]
+    started = utc_now()
+    written = await attempts.insert_one(
+        {"key": keys[0], "at": started, "expires_at": started + window, "failed": None}
     )
-    ids = [PydanticObjectId(inserted) for inserted in written.inserted_ids]
-    pipeline = _count_pipeline(account_email, *keys, since=now - window)
-    rows = await (await User.get_pymongo_collection().aggregate(pipeline)).to_list()
-    account, counted = _counted(rows, ids)
-    waits = [
-        _wait(sorted(at for _, at in others), limits[key], now, window)
-        for key, others in counted.items()
-        if len(others) + 1 > limits[key]
-    ]
-    if waits:
-        await attempts.delete_many({"_id": {"$in": ids}})
-        raise TooManyAttempts(max(1, math.ceil(max(waits))))
+    own = PydanticObjectId(written.inserted_id)
+    async with _check_slot():
+        now = utc_now()
+        pipeline = _count_pipeline(account_email, *keys, since=now - window)
+        rows = await (await User.get_pymongo_collection().aggregate(pipeline)).to_list()
+        account, counted = _counted(rows, own)
+        limits = {
+            keys[0]: settings.login_max_failures_per_email,
+            keys[1]: settings.login_max_failures_per_address,
+        }
+        waits = [
+            _wait(sorted(at for _, at in others), limits[key], now, window)
+            for key, others in counted.items()
+            if len(others) + 1 > limits[key]
+        ]
+        if waits:
+            await attempts.delete_one({"_id": own})
+            raise TooManyAttempts(max(1, math.ceil(max(waits))))
+        stored = hashed_password if hashed_password is not None else _hash_of(account)
+        valid = await verify_password(password, stored, settings)
+        if not valid:
+            # Both records in one `update` command: the address's is an upsert of a new id.
+            failed = utc_now()
+            record = {"key": keys[1], "at": failed, "expires_at": failed + window, "failed": True}
+            await attempts.bulk_write(
+                [
+                    UpdateOne({"_id": own}, {"$set": {"failed": True}}),
+                    UpdateOne({"_id": ObjectId()}, {"$setOnInsert": record}, upsert=True),
+                ]
+            )
     # Should the password be right, the success discounts this attempt and the email's
     # failures counted here: by their ids, not by time, so no two clocks are compared.
     reset = [PydanticObjectId(attempt_id) for attempt_id, _ in counted.get(keys[0], [])]
-    check = PasswordCheck(email_key=keys[0], address_key=keys[1], attempt_ids=[*ids, *reset])
-    return Attempt(check=check, account=account)
+    check = PasswordCheck(email_key=keys[0], address_key=keys[1], attempt_ids=[own, *reset])
+    return CheckedPassword(valid=valid, account=account, check=check)
+
+
+def _hash_of(account: dict[str, Any] | None) -> str | None:
+    stored = account.get("hashed_password") if account is not None else None
+    return stored if isinstance(stored, str) else None
 
 
 def _count_pipeline(
     email: str | None, email_key: str, address_key: str, *, since: datetime
 ) -> list[dict[str, Any]]:
-    """The account, the keys' attempts and the successes that discount them, in one round trip.
+    """The account, the email's attempts, the address's failures and the email's successes
+    that discount its attempts, in one round trip.
 
     Based on `users` with its unique email index: the embedded store (mongoeco) reads the
     whole collection that a `$unionWith` names, so the large collection is the one matched
@@ -142,7 +206,15 @@ def _count_pipeline(
             "$unionWith": {
                 "coll": LoginAttempt.Settings.name,
                 "pipeline": [
-                    {"$match": {"key": {"$in": [email_key, address_key]}, "at": {"$gt": since}}},
+                    {
+                        "$match": {
+                            "$or": [
+                                {"key": email_key, "at": {"$gt": since}},
+                                # Only failures: an earlier version wrote every attempt here.
+                                {"key": address_key, "at": {"$gt": since}, "failed": True},
+                            ]
+                        }
+                    },
                     {"$group": {"_id": "$key", "attempts": {"$push": {"id": "$_id", "at": "$at"}}}},
                     {"$project": {"_id": 0, "attempts_of": "$_id", "attempts": 1}},
                 ],
@@ -154,16 +226,8 @@ def _count_pipeline(
                 "pipeline": [
                     {
                         "$match": {
-                            "$or": [
-                                {
-                                    "password_check.email_key": email_key,
-                                    "issued_at": {"$gt": since - CLOCK_LEEWAY},
-                                },
-                                {
-                                    "password_check.address_key": address_key,
-                                    "issued_at": {"$gt": since - CLOCK_LEEWAY},
-                                },
-                            ]
+                            "password_check.email_key": email_key,
+                            "issued_at": {"$gt": since - CLOCK_LEEWAY},
                         }
                     },
                     {"$project": {"_id": 0, "success": "$password_check"}},
@@ -174,18 +238,18 @@ def _count_pipeline(
 
 
 def _counted(
-    rows: list[dict[str, Any]], own: list[PydanticObjectId]
+    rows: list[dict[str, Any]], own: PydanticObjectId
 ) -> tuple[dict[str, Any] | None, dict[str, list[tuple[ObjectId, datetime]]]]:
     """The account, and for each key the attempts that count (id and time), this one's aside.
 
-    An attempt counts unless a success lists it: a success lists its own attempts and the
+    An attempt counts unless a success lists it: a success lists its own attempt and the
     failures of its email that it counted, which is how the email's counter resets.
     """
     account = next((row for row in rows if "attempts_of" not in row and "success" not in row), None)
     excused = {
         ObjectId(i) for row in rows if "success" in row for i in row["success"]["attempt_ids"]
     }
-    excused.update(own)
+    excused.add(own)
     counted = {
         row["attempts_of"]: [
             (attempt["id"], attempt["at"])

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from service.config import Settings
 from service.main import create_app
 from service.models import LoginAttempt, RefreshToken
+from service.models.base import utc_now
+from service.security import HASH_WORKERS
 from service.throttle import address_key, email_key
 from tests.conftest import TEST_SECRET_KEY, make_settings, running_server
 from tests.factories import DEFAULT_PASSWORD, bearer, create_user, login_pair, unique_email
@@ -184,6 +186,58 @@ async def test_attempts_are_stored_without_the_email(client):
     )
     assert email not in str(rows)
     assert all(row["expires_at"] - row["at"] == timedelta(seconds=WINDOW) for row in rows)
+    # A failure's two records both say so.
+    assert [row["failed"] for row in rows] == [True, True]
+
+
+async def test_a_success_writes_nothing_under_its_address(client):
+    """What a login reads of its address is the address's failures, however many people log
+    in through it: successes leave no record there."""
+    users = [await create_user(client) for _ in range(3)]
+    for user in users:
+        await login_pair(client, user.email)
+    rows = await LoginAttempt.get_pymongo_collection().find().to_list()
+    assert len(rows) == 6  # create_user logs in too: two successes per email
+    assert {row["key"] for row in rows} == {email_key(user.email) for user in users}
+    assert all(row["failed"] is None for row in rows)
+
+
+async def test_simultaneous_failures_from_one_address_never_get_more_than_its_limit_checked(
+    settings, restore_beanie
+):
+    """Each email differs, so only the address's limit can stop them: within one process,
+    each count sees the failures of the checks that ran before it (one per hashing thread at
+    a time), so at most the limit is checked, plus one per other hashing thread."""
+    async with app_client(settings, login_max_failures_per_address=3) as http:
+        answers = await asyncio.gather(*(attempt(http, unique_email()) for _ in range(20)))
+        codes = [answer.status_code for answer in answers]
+        assert set(codes) == {403, 429}
+        assert codes.count(403) <= 3 + (HASH_WORKERS - 1)
+        failures = await LoginAttempt.find(
+            {"key": address_key("127.0.0.1"), "failed": True}
+        ).count()
+        assert failures == codes.count(403)
+        refused = await attempt(http, unique_email())
+        assert refused.status_code == 429
+
+
+async def test_records_of_an_earlier_version_do_not_count_against_the_address(client):
+    """Before failures were recorded under the address, every attempt was, successes
+    included: those records (no `failed: true`) are not failures and are not counted."""
+    now = utc_now()
+    await LoginAttempt.get_pymongo_collection().insert_many(
+        [
+            {
+                "key": address_key("127.0.0.1"),
+                "at": now,
+                "expires_at": now + timedelta(seconds=WINDOW),
+                "failed": None,
+            }
+            for _ in range(150)
+        ]
+    )
+    user = await create_user(client)
+    assert (await attempt(client, user.email, DEFAULT_PASSWORD)).status_code == 200
 
 
 async def test_a_success_is_recorded_on_its_session_without_the_email(client):
@@ -198,8 +252,10 @@ async def test_a_success_is_recorded_on_its_session_without_the_email(client):
     check = first["password_check"]
     assert check["email_key"] == email_key(user.email)
     assert check["address_key"] == address_key("127.0.0.1")
-    # Its own two records, then the failure of its email that it reset.
-    assert len(check["attempt_ids"]) == 3 and check["attempt_ids"][2] == failure["_id"]
+    # Its own attempt, then the failure of its email that it reset.
+    assert len(check["attempt_ids"]) == 2 and check["attempt_ids"][1] == failure["_id"]
+    own = await LoginAttempt.get_pymongo_collection().find_one({"_id": check["attempt_ids"][0]})
+    assert own is not None and own["key"] == email_key(user.email) and own["failed"] is None
     assert user.email not in str(first)
     # The tokens of later refreshes record nothing: only a password check begins a session.
     refreshed = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})

@@ -17,8 +17,8 @@ class PasswordCheck(BaseModel):
 
     email_key: str  # the throttle's keys: a digest of the email, never the email itself
     address_key: str
-    # The `login_attempts` that no longer count: the check's own two, and the failures of
-    # its email that it counted (at most LOGIN_MAX_FAILURES_PER_EMAIL - 1): a reset.
+    # The `login_attempts` that no longer count: the check's own, and the failures of its
+    # email that it counted (at most LOGIN_MAX_FAILURES_PER_EMAIL - 1): a reset.
     attempt_ids: list[PydanticObjectId]
 
 
@@ -49,29 +49,32 @@ class RefreshToken(Document):
             # MongoDB deletes each token once it has expired (within its TTL monitor's minute);
             # every lookup also checks expires_at, so a late deletion changes nothing.
             IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),
-            # Each login reads the successes of its email and of its client address within
-            # the throttle's window: one range scan per key.
+            # Each login reads the successes of its email within the throttle's window.
             IndexModel([("password_check.email_key", ASCENDING), ("issued_at", ASCENDING)]),
-            IndexModel([("password_check.address_key", ASCENDING), ("issued_at", ASCENDING)]),
         ]
 
 
 class LoginAttempt(Document):
-    """One password check, counted against the email and the client address unless a success
-    lists it in its `RefreshToken.password_check` (its own, or its email's that it reset).
+    """A password check of an email, or a failed one from a client address (service/throttle.py).
 
     `key` is `email:<sha256 of the normalised email>` or `address:<ip or IPv6 /64>`: the
-    email is digested so that whatever an attacker types is stored at a fixed size.
+    email is digested so that whatever an attacker types is stored at a fixed size. An email's
+    attempt is written before its check and counts against the email unless a success lists
+    it in its `RefreshToken.password_check` (its own, or its email's failures that it reset);
+    an address's record is written only for a check that failed.
     """
 
     key: str
     at: datetime
     expires_at: datetime
+    # True once the check failed (both of a failure's records); null on an email's attempt
+    # still being checked or that succeeded, whose refresh token says so.
+    failed: bool | None = None
 
     class Settings:
         name = "login_attempts"
         indexes: ClassVar[list[IndexModel]] = [
-            # Counting the attempts of a key within the window is a range scan of this index.
+            # Counting a key's attempts within the window is a range scan of this index.
             IndexModel([("key", ASCENDING), ("at", ASCENDING)]),
             IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),
         ]

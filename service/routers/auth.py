@@ -11,12 +11,12 @@ from service.deps import (
     TOO_MANY_ATTEMPTS,
     CurrentSession,
     SettingsDep,
-    begin_password_check,
+    check_password,
 )
 from service.models import LogoutRequest, RefreshRequest, RefreshToken, TokenPair, User, id_of
 from service.models.user import normalize_email
 from service.routing import BEARER_HEADER, CollectionRouter, Responses, error
-from service.security import digest_refresh_token, hash_password, needs_rehash, verify_password
+from service.security import digest_refresh_token, hash_password, needs_rehash
 
 router = CollectionRouter(tags=["Authentication"])
 
@@ -46,21 +46,20 @@ async def login(
     # Throttled by what was typed, whether or not it is an account's email: an unknown email
     # is refused exactly as a known one is, so the throttle tells nobody which exist. The
     # throttle's count reads the account too (one round trip for both), the same commands
-    # whether it exists or not.
-    attempt = await begin_password_check(
-        email or form.username, request, settings, account_email=email
+    # whether it exists or not, and an unknown email is checked against a dummy hash: the
+    # same answer, in about the same time.
+    checked = await check_password(
+        email or form.username, form.password, request, settings, account_email=email
     )
-    user = User.model_validate(attempt.account) if attempt.account else None
-    # An unknown email is checked against a dummy hash: same answer, about the same time.
-    valid = await verify_password(form.password, user.hashed_password if user else None, settings)
-    if user is None or not valid:
+    if not checked.valid or checked.account is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID_CREDENTIALS)
+    user = User.model_validate(checked.account)
     if needs_rehash(user.hashed_password, settings.bcrypt_rounds):
         # The only moment the password is at hand: raise an old hash to the configured cost.
         rehashed = await hash_password(form.password, settings)
         await user.set({User.hashed_password: rehashed})
     # The session's refresh token records the success: the email's counter resets with it.
-    return await accounts.start_session(user, settings, check=attempt.check)
+    return await accounts.start_session(user, settings, check=checked.check)
 
 
 @router.post(

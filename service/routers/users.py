@@ -4,7 +4,7 @@ from fastapi import HTTPException, Request, status
 from pymongo.errors import DuplicateKeyError
 
 from service import accounts, deps
-from service.deps import CurrentUser, SettingsDep, begin_password_check
+from service.deps import CurrentUser, SettingsDep
 from service.models import (
     AccountDeletion,
     PasswordChange,
@@ -18,7 +18,7 @@ from service.models.base import IdIn
 from service.models.session import PasswordCheck
 from service.routers.auth import INVALID_CREDENTIALS, THROTTLED
 from service.routing import CollectionRouter, Responses, error
-from service.security import hash_password, verify_password
+from service.security import hash_password
 
 router = CollectionRouter(prefix="/users", tags=["Users"])
 
@@ -66,10 +66,17 @@ async def check_password(
     The success is what the caller records with its write (a new session's refresh token, or
     the deletion of the account's attempts): that resets the email's counter.
     """
-    attempt = await begin_password_check(user.email, request, settings, account_email=user.email)
-    if not await verify_password(password, user.hashed_password, settings):
+    checked = await deps.check_password(
+        user.email,
+        password,
+        request,
+        settings,
+        account_email=user.email,
+        hashed_password=user.hashed_password,
+    )
+    if not checked.valid:
         raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID_CREDENTIALS)
-    return attempt.check
+    return checked.check
 
 
 @router.put("/me/password", responses=PASSWORD_CHECKED)
@@ -94,8 +101,8 @@ async def delete_user_me(
     deletion_in: AccountDeletion, user: CurrentUser, request: Request, settings: SettingsDep
 ) -> None:
     """Delete your account, your posts, the votes on them and yours, and your sessions."""
-    check = await check_password(user, deletion_in.password, request, settings)
-    if not await accounts.delete_account(user, check):  # the password changed or sessions ended
+    await check_password(user, deletion_in.password, request, settings)
+    if not await accounts.delete_account(user):  # the password changed or sessions ended
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, deps.INVALID_CREDENTIALS, headers=deps.BEARER
         )
