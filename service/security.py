@@ -21,10 +21,11 @@ from service.config import Settings
 # pool (bcrypt releases the GIL, so these threads use other cores), never on the event loop.
 # The pool leaves one core to the event loop: a burst of logins queues here instead of
 # starving the requests that only read. Its threads also run at a lower priority (nice
-# HASH_NICENESS): where the cores are shared (with the database, other processes), a hash
-# waits rather than a read (10 below the process's own, at most 19). `make bench` measures
-# reads while 8 logins run.
-HASH_NICENESS = 5
+# HASH_NICENESS below the process's own, at most 19): where the cores are shared (with the
+# database, other processes), a hash waits rather than a read. On the benchmark's 2 cores
+# (BENCHMARKS.md), reads' p99 while 8 clients log in was 2.5x its p99 alone at nice 5, 1.9x at
+# 10 and 1.8x at 19, and logins went at 2.8, 2.0 and 1.4 a second: 10 keeps most of both.
+HASH_NICENESS = 10
 
 
 def _lower_priority() -> None:
