@@ -37,13 +37,13 @@ import heapq
 import re
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache, lru_cache
-from itertools import chain, islice
+from itertools import chain, count, islice
 from operator import itemgetter
 from string import ascii_lowercase
 from typing import Any, cast
@@ -76,6 +76,8 @@ from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.session import ClientSession
 
 _SCALARS = (ObjectId, str, datetime)  # values whose equality has one form
+# Values whose equality, between two of one type, means one index key.
+_PLAIN_VALUES = frozenset({ObjectId, str, datetime, bool, int})
 
 
 def _engines() -> tuple[type[Any], type[Any]]:
@@ -93,11 +95,15 @@ def _engines() -> tuple[type[Any], type[Any]]:
     and duplicate pairs are still refused.
 
     The memory engine also reads through its indexes (`IndexedMemoryEngine`, below);
-    `tests/test_embedded_engine.py` compares its answers with mongoeco's own. And a
-    `$unionWith` reads only what its opening `$match` selects (`install_union_pushdown`).
+    `tests/test_embedded_engine.py` compares its answers with mongoeco's own. It leaves its
+    indexes alone when an update changes no indexed field (a vote's count). A `$unionWith`
+    reads only what its opening `$match` selects (`install_union_pushdown`), and both engines
+    compile a collection's validator once rather than on every write
+    (`install_validator_cache`).
     """
     install_union_pushdown()
     install_lineage()
+    install_validator_cache()
     return IndexedMemoryEngine, ScanFreeSQLiteEngine
 
 
@@ -234,6 +240,57 @@ def install_union_pushdown() -> None:
     cursor._load_collection_documents = load
     stages._apply_union_with = union_with
     cursor._union_pushdown = True
+
+
+# How many compiled collection validators are kept (a handful of collections use one).
+_VALIDATORS_KEPT = 32
+# How often a write's validator was found compiled (tests check that the path is taken).
+validator_cache_hits: Counter[str] = Counter()
+
+
+def install_validator_cache() -> None:
+    """Compile each collection validator once, not on every write.
+
+    mongoeco 4.11 compiles a collection's `validator` (deep copies of its `$jsonSchema`, and a
+    check of the schema itself) for each document it inserts or updates: a tenth of a vote's
+    or a seeded document's time in the store. The compiled validator is a function of the
+    collection's `validator`, `validationLevel` and `validationAction` and the dialect alone,
+    and mongoeco only reads it, so one compiled for options equal to these is reused. The
+    options are compared by value on every write (a `collMod` that changes the validator
+    gives a different value, so it is compiled afresh); a validator that does not compile
+    raises as before and is not kept.
+    """
+    from mongoeco.engines import semantic_core
+
+    module: Any = semantic_core
+    if getattr(module, "_validator_cache", False):
+        return
+    compile_validator = module.compile_collection_validation_semantics
+    kept: OrderedDict[int, tuple[tuple[Any, Any, Any], Any, Any]] = OrderedDict()
+    numbers = count()
+
+    def compiled(options: dict[str, object] | None, *, dialect: Any = None) -> Any:
+        if not options or options.get("validator") is None:
+            return compile_validator(options, dialect=dialect)
+        spec = (
+            options.get("validator"),
+            options.get("validationLevel", "strict"),
+            options.get("validationAction", "error"),
+        )
+        for number, (known, known_dialect, validator) in reversed(kept.items()):
+            if known_dialect is dialect and known == spec:
+                kept.move_to_end(number)
+                validator_cache_hits["hit"] += 1
+                return validator
+        validator = compile_validator(options, dialect=dialect)
+        kept[next(numbers)] = (deepcopy(spec), dialect, validator)
+        if len(kept) > _VALIDATORS_KEPT:
+            kept.popitem(last=False)
+        validator_cache_hits["compiled"] += 1
+        return validator
+
+    module.compile_collection_validation_semantics = compiled
+    module._validator_cache = True
 
 
 # --- What changed between two versions of a collection --------------------------------------
@@ -717,6 +774,18 @@ class _OrderedIndex:
         return low, bisect.bisect_right(self.entries, prefix, lo=low, key=head)
 
 
+def _keyed_by_fields(record: Any) -> bool:
+    """An index whose entries for a document are exactly its keys on the index's fields: not
+    sparse, partial, TTL, text or wildcard, whose membership depends on more than that."""
+    return (
+        not record.sparse
+        and record.partial_filter_expression is None
+        and record.expire_after_seconds is None
+        and record.weights is None
+        and all(type(d) is int and "$" not in name for name, d in record.key)
+    )
+
+
 def _index_spec(record: Any) -> tuple[Any, ...]:
     return (
         record.name,
@@ -1118,12 +1187,32 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         self._ordered: dict[tuple[str, str], dict[str, _OrderedIndex]] = {}
         self._texts: dict[tuple[str, str], dict[str, _TextColumn]] = {}
         self._touched: list[tuple[str, tuple[Any, ...]]] | None = None
+        # Index removals held back in the current write's scope (see below); None outside one.
+        self._held: list[tuple[Any, ...]] | None = None
         self.index_stats: Counter[str] = Counter()
         self.index_reads = _INTERNALS  # False: read as ScanFreeMemoryEngine does
         install_lineage()  # the text columns follow writes through it
         super().__init__(*args, **kwargs)
 
-    # Keeping the ordered copies in step with writes.
+    # An update that changes no indexed field leaves the indexes alone.
+
+    @contextmanager
+    def _document_state_rollback_locked(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """mongoeco's scope of one document write (rolled back whole if it raises), in which
+        the index entries a write would remove are held back (`_held`) until the same
+        document's new entries come: an update or replace takes the old document's out of
+        every index, then puts the new one's in, and when none of its index keys changed,
+        neither is done. Whatever is still held when the scope ends (a delete, a changed
+        `_id`) is removed then, inside the scope; if the write raises, nothing held was
+        applied, and mongoeco's rollback restores the rest."""
+        with super()._document_state_rollback_locked(*args, **kwargs) as journal:
+            outer, self._held = self._held, []
+            try:
+                yield journal
+                for held in self._held:
+                    self._apply_index_change(*held)
+            finally:
+                self._held = outer
 
     def _update_indexes_locked(
         self,
@@ -1136,6 +1225,66 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         index_data_view: dict[str, Any] | None = None,
         indexes_view: dict[str, Any] | None = None,
     ) -> None:
+        views = (index_data_view, indexes_view)
+        if self._held is not None and action == "delete":
+            records = (self._indexes if indexes_view is None else indexes_view).get(db_name, {})
+            if all(_keyed_by_fields(record) for record in records.get(coll_name, [])):
+                self._held.append((db_name, coll_name, storage_key, document, "delete", views))
+                self.index_stats["index_removals_held"] += 1
+                return
+        if self._held and action == "insert":
+            for position, held in enumerate(self._held):
+                held_views = held[5]
+                if (
+                    held[:3] == (db_name, coll_name, storage_key)
+                    and held_views[0] is index_data_view
+                    and held_views[1] is indexes_view
+                ):
+                    del self._held[position]
+                    if self._same_index_keys(db_name, coll_name, held[3], document, indexes_view):
+                        self.index_stats["index_updates_skipped"] += 1
+                        return
+                    self._apply_index_change(*held)
+                    break
+        self._apply_index_change(db_name, coll_name, storage_key, document, action, views)
+
+    def _same_index_keys(
+        self,
+        db_name: str,
+        coll_name: str,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        indexes_view: dict[str, Any] | None,
+    ) -> bool:
+        """Whether every index has the same keys for both versions of a document. A field
+        whose value is the same plain value, of the same type, gives the same key; anything
+        else is compared by the keys themselves (which cost more to compute)."""
+        records = (self._indexes if indexes_view is None else indexes_view).get(db_name, {})
+        for record in records.get(coll_name, []):
+            for name in record.fields:
+                before, after = old.get(name, _MISSING), new.get(name, _MISSING)
+                plain = type(before) is type(after) and type(after) in _PLAIN_VALUES
+                if "." in name or not (before is after or (plain and before == after)):
+                    break
+            else:
+                continue
+            if self._index_keys(old, record.fields) != self._index_keys(new, record.fields):
+                return False
+        return True
+
+    # Keeping the ordered copies in step with writes.
+
+    def _apply_index_change(
+        self,
+        db_name: str,
+        coll_name: str,
+        storage_key: Any,
+        document: dict[str, Any],
+        action: str,
+        views: tuple[dict[str, Any] | None, dict[str, Any] | None],
+    ) -> None:
+        index_data_view, indexes_view = views
+
         def update() -> None:
             super(IndexedMemoryEngine, self)._update_indexes_locked(
                 db_name,

@@ -25,7 +25,7 @@ from mongoeco.engines.semantic_core import compile_find_semantics
 from mongoeco.wire.proxy import AsyncMongoEcoProxyServer
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError, WriteError
 
 from service.embedded_engine import (
     _LINEAGE,
@@ -34,8 +34,10 @@ from service.embedded_engine import (
     _literal,
     _NativeMatcher,
     install_union_pushdown,
+    install_validator_cache,
     union_filters,
     union_pushdowns,
+    validator_cache_hits,
 )
 
 type Db = Database[dict[str, Any]]
@@ -769,3 +771,90 @@ def test_ids_listed_with_in_are_found_by_key_as_mongoeco_finds_them(servers: Any
     for query in queries:
         assert twins.ours.posts.find(query).to_list() == twins.stock.posts.find(query).to_list()
         assert twins.ours.posts.count_documents(query) == twins.stock.posts.count_documents(query)
+
+
+def test_a_compiled_validator_is_reused_until_the_collection_changes_it(servers: Any) -> None:
+    """Writes are checked against the collection's validator as it is now, compiled once."""
+    install_validator_cache()  # what the embedded store's start does (idempotent)
+    _, ours, _ = servers
+    db = ours[f"validated_{random.randrange(10**9)}"]
+    positive = {"$jsonSchema": {"required": ["n"], "properties": {"n": {"minimum": 0}}}}
+    db.create_collection("things", validator=positive)
+    before = validator_cache_hits["hit"]
+    for n in range(3):
+        db.things.insert_one({"n": n})
+    with pytest.raises(WriteError) as refused:
+        db.things.insert_one({"n": -1})
+    assert refused.value.code == 121  # DocumentValidationFailure
+    with pytest.raises(WriteError):
+        db.things.update_one({"n": 1}, {"$set": {"n": -5}})
+    assert validator_cache_hits["hit"] >= before + 4
+    # Another validator applies from the very next write (mongoeco has no collMod: the
+    # collection is made again with it).
+    required_m = {"$jsonSchema": {"required": ["m"]}}
+    db.things.drop()
+    db.create_collection("things", validator=required_m)
+    with pytest.raises(WriteError):
+        db.things.insert_one({"n": 7})
+    db.things.insert_one({"n": -7, "m": 1})
+    db.other.drop()
+    db.create_collection("other", validator=required_m, validationAction="warn")
+    db.other.insert_one({"n": 8})  # warned, not refused
+    assert [row["n"] for row in db.things.find()] == [-7]
+    assert [row["n"] for row in db.other.find()] == [8]
+
+
+def test_an_update_that_changes_no_indexed_field_leaves_the_indexes_alone(servers: Any) -> None:
+    """An update or replace touches the indexes only if an index key changed; a delete still
+    takes the document out of them. Every read must still answer as mongoeco's own engine."""
+    twins = _twins(servers, f"held_{random.randrange(10**9)}")
+    owners = [ObjectId() for _ in range(3)]
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    rows = [
+        {
+            "_id": ObjectId(),
+            "published": n % 4 != 0,
+            "owner_id": owners[n % 3],
+            "created_at": base + timedelta(minutes=n),
+            "votes": 0,
+        }
+        for n in range(40)
+    ]
+    twins.write(lambda db: db.posts.insert_many([dict(row) for row in rows]))
+    stats = twins.engine.index_stats
+    skipped = stats["index_updates_skipped"]
+
+    def reads(label: str) -> None:
+        # Every index holds each stored document, and nothing else.
+        engine = twins.engine
+        stored = set(engine._storage[twins.ours.name]["posts"].keys())
+        for name, index_map in engine._index_data[twins.ours.name]["posts"].items():
+            members = [key for keys in index_map._buckets.values() for key in keys]
+            assert sorted(members) == sorted(stored), (label, name)  # once each, none stale
+        for match in ({"published": True}, {"owner_id": owners[1]}, {"owner_id": owners[2]}):
+            twins.read(lambda db, m=match: db.posts.find(m).sort(FEED_ORDER).to_list(), label)
+            twins.read(lambda db, m=match: db.posts.count_documents(m), label)
+
+    reads("before")
+    for row in rows[:10]:  # a vote's count: no index key changes
+        twins.write(
+            lambda db, row=row: db.posts.update_one({"_id": row["_id"]}, {"$inc": {"votes": 1}})
+        )
+    twins.write(lambda db: db.posts.replace_one({"_id": rows[10]["_id"]}, {**rows[10], "votes": 9}))
+    assert stats["index_updates_skipped"] == skipped + 11
+    reads("after updates that change no key")
+    # Keys that change: published flips, an owner changes, a post moves in time (the drafts
+    # among the ten keep `published: false`, and so their keys).
+    twins.write(lambda db: db.posts.update_many({"votes": 1}, {"$set": {"published": False}}))
+    skipped += sum(not row["published"] for row in rows[:10])
+    twins.write(
+        lambda db: db.posts.update_one({"_id": rows[20]["_id"]}, {"$set": {"owner_id": owners[1]}})
+    )
+    twins.write(
+        lambda db: db.posts.update_one({"_id": rows[21]["_id"]}, {"$set": {"created_at": base}})
+    )
+    assert stats["index_updates_skipped"] == skipped + 11
+    reads("after updates that change keys")
+    twins.write(lambda db: db.posts.delete_many({"owner_id": owners[0]}))
+    twins.write(lambda db: db.posts.delete_one({"_id": rows[20]["_id"]}))
+    reads("after deletes")
