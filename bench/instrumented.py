@@ -3,8 +3,9 @@ per request, and event-loop lag.
 
 `create_service_app` builds the service with `service.main.create_app(settings,
 command_listeners=[recorder])`, settings from the environment as `social-api serve` reads
-them; `create_bare_app` builds `bench.bare_app`. Both are wrapped in `BenchMiddleware`, a
-pure-ASGI layer outside everything else, which per HTTP request:
+them; `create_bare_app` builds `bench.bare_app`, and `create_driver_app` the bare app with the
+feed's database commands. Each is wrapped in `BenchMiddleware`, a pure-ASGI layer outside
+everything else, which per HTTP request:
 
 - sets a `ContextVar` to a fresh `RequestRecord`; PyMongo calls the recorder's
   `CommandListener` callbacks in the task that awaits the command, which is the request's
@@ -29,6 +30,7 @@ The wrapper itself answers, outside the app:
     .venv/bin/python -m uvicorn bench.instrumented:create_service_app --factory
     BENCH_FEED_FILE=feed.json .venv/bin/python -m uvicorn bench.instrumented:create_bare_app \
         --factory
+    .venv/bin/python -m uvicorn bench.instrumented:create_driver_app --factory
 """
 
 import asyncio
@@ -202,3 +204,9 @@ def create_service_app() -> BenchMiddleware:
 def create_bare_app() -> BenchMiddleware:
     """The bare ceiling app, wrapped the same way (it sends no database command)."""
     return BenchMiddleware(bare_app.create_app(), CommandRecorder())
+
+
+def create_driver_app() -> BenchMiddleware:
+    """The bare app with the feed's database commands (the floor), wrapped the same way."""
+    recorder = CommandRecorder()
+    return BenchMiddleware(bare_app.create_driver_app([recorder]), recorder)

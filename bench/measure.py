@@ -35,6 +35,7 @@ CREATE = "POST /posts/"
 VOTE = "POST /vote/"
 LOGIN = "POST /login"
 BARE = "bare FastAPI GET /posts/"
+DRIVER = "bare FastAPI + the feed's 2 commands"
 
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -73,6 +74,7 @@ def endpoints(token: str, post_id: str) -> list[Endpoint]:
 
 
 BARE_ENDPOINT = Endpoint(BARE, "read", "bare", "GET", "/posts/")
+DRIVER_ENDPOINT = Endpoint(DRIVER, "read", "driver", "GET", "/posts/")
 
 
 def login_script() -> str:
@@ -155,6 +157,7 @@ class Harness:
     bare: str
     instrumented: str
     instrumented_bare: str
+    instrumented_driver: str
     voters: Voters
     token: str  # demo1's
     connections: int

@@ -282,7 +282,10 @@ def _commands_section(results: dict[str, Any]) -> list[str]:
         f"{settings['seq_seconds']:g} s per endpoint); times are medians. Time in the "
         "database is the commands' `duration_micros` as PyMongo measures them (round trip "
         "included); outside the database is server time minus that. The bare app is timed "
-        "through the same wrapper.",
+        "through the same wrapper, and so is the bare app with the feed's database commands "
+        "(`bench/bare_app.py`, `create_driver_app`: demo1's user document and first page read "
+        "with the service's own code, over its client, and nothing else), the floor under the "
+        "service's time outside the database.",
         "",
         *_table(header, rows),
         "",

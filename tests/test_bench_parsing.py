@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench import report, wrk
+from bench.run import floor_note
 
 # wrk 4.1.0 with --latency and the benchmark's tally, against a fast endpoint.
 FAST = """\
@@ -190,3 +191,12 @@ def test_throughput_and_shares_are_readable() -> None:
     assert report.percent(2200, 4400) == "50%"
     assert report.percent(3.8, 4407) == "0.086%"
     assert report.percent(1, None) == "n/a"
+
+
+def test_the_feed_target_names_the_floor_beside_it() -> None:
+    """The bare app with the feed's commands is shown next to the ratio, not in its place."""
+    bare = {"server_ms": 0.25, "outside_ms": 0.25}
+    driver = {"server_ms": 4.0, "outside_ms": 1.0}
+    assert floor_note(driver, bare) == "; the bare app with the feed's 2 commands: 1.00 ms, 4.0x"
+    assert floor_note(None, bare) == ""
+    assert floor_note({"outside_ms": None}, bare) == ""
