@@ -33,6 +33,8 @@ from service.embedded_engine import (
     _folding,
     _literal,
     _NativeMatcher,
+    batched_inserts,
+    install_batched_inserts,
     install_union_pushdown,
     install_validator_cache,
     union_filters,
@@ -858,3 +860,51 @@ def test_an_update_that_changes_no_indexed_field_leaves_the_indexes_alone(server
     twins.write(lambda db: db.posts.delete_many({"owner_id": owners[0]}))
     twins.write(lambda db: db.posts.delete_one({"_id": rows[20]["_id"]}))
     reads("after deletes")
+
+
+def test_an_insert_of_many_documents_answers_as_mongoeco_inserting_them_one_by_one(
+    servers: Any,
+) -> None:
+    """An ordered insert of several documents goes as one batch on our engine; whatever a
+    document of it breaks, the answer and what was stored are those of mongoeco's loop."""
+    install_batched_inserts()  # what the embedded store's start does (idempotent)
+    twins = _twins(servers, f"batch_{random.randrange(10**9)}")
+    for db in (twins.stock, twins.ours):
+        db.create_collection("checked", validator={"$jsonSchema": {"required": ["n"]}})
+    taken, post, user, twin = ObjectId(), ObjectId(), ObjectId(), ObjectId()
+    twins.write(lambda db: db.posts.insert_one({"_id": taken, "n": 0}).acknowledged)
+    voted = {"_id": ObjectId(), "post_id": post, "user_id": user}
+    twins.write(lambda db: db.votes.insert_one(dict(voted)).acknowledged)
+
+    def rows(*fields: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"_id": ObjectId(), **row} for row in fields]  # ids: answers may name them
+
+    batches: list[tuple[str, list[dict[str, Any]], bool]] = [
+        ("posts", rows(*({"n": n} for n in range(5))), True),
+        ("posts", [*rows({"n": 1}), {"_id": taken, "n": 2}, *rows({"n": 3})], True),
+        ("posts", [{"_id": twin, "n": 1}, *rows({"n": 2}), {"_id": twin, "n": 3}], True),
+        (
+            "votes",
+            rows({"post_id": ObjectId(), "user_id": user}, {"post_id": post, "user_id": user}),
+            True,
+        ),
+        ("checked", rows({"n": 1}, {"m": 2}, {"n": 3}), True),
+        ("checked", rows({"n": 4}, {"m": 5}, {"n": 6}), False),  # unordered: the stock command
+        ("posts", [{"_id": taken, "n": 9}], True),  # one document: the stock command
+    ]
+    before = batched_inserts["commands"]
+    for collection, documents, ordered in batches:
+        answers = []
+        for db in (twins.stock, twins.ours):
+            try:
+                answer = db.command(
+                    "insert", collection, documents=[dict(d) for d in documents], ordered=ordered
+                )
+            except PyMongoError as error:
+                answer = {"raised": type(error).__name__, "details": getattr(error, "details", 0)}
+            answers.append(answer)
+        assert answers[0] == answers[1], (collection, documents)
+    assert batched_inserts["commands"] == before + 5
+    for name in ("posts", "votes", "checked"):
+        stored = [db[name].find().sort("_id").to_list() for db in (twins.stock, twins.ours)]
+        assert stored[0] == stored[1], name
