@@ -34,6 +34,7 @@ rebuilt when they cannot. `tests/test_embedded_engine.py` compares every path wi
 
 import bisect
 import heapq
+import operator
 import re
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -46,7 +47,7 @@ from functools import cache, lru_cache
 from itertools import chain, count, islice
 from operator import itemgetter
 from string import ascii_lowercase
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from bson import ObjectId
 from mongoeco.core._filtering_support import compile_regex
@@ -311,8 +312,8 @@ def install_batched_inserts() -> None:
     first one it cannot insert, and stops there, exactly as the command's loop would; from
     that document on, the command's own loop runs on the rest (it fails on it again, or
     inserts it if the batch was wrong to refuse it), and its answer counts the batch's
-    documents in. Anything else
-    (unordered, in a transaction, with a write concern, one document) is the stock command.
+    documents in. Anything else (unordered, in a transaction, with a write concern, one
+    document) is the stock command.
     """
     from mongoeco._types.documents import WriteCommandResult
     from mongoeco.api._async import _database_admin_write_commands as commands
@@ -840,6 +841,17 @@ class _OrderedIndex:
         return low, bisect.bisect_right(self.entries, prefix, lo=low, key=head)
 
 
+class _HeldRemoval(NamedTuple):
+    """An index removal held back until the same document's new entries come (see
+    IndexedMemoryEngine._document_state_rollback_locked)."""
+
+    db_name: str
+    coll_name: str
+    storage_key: Any
+    document: dict[str, Any]
+    views: tuple[dict[str, Any] | None, dict[str, Any] | None]
+
+
 def _keyed_by_fields(record: Any) -> bool:
     """An index whose entries for a document are exactly its keys on the index's fields: not
     sparse, partial, TTL, text or wildcard, whose membership depends on more than that."""
@@ -1254,7 +1266,7 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         self._texts: dict[tuple[str, str], dict[str, _TextColumn]] = {}
         self._touched: list[tuple[str, tuple[Any, ...]]] | None = None
         # Index removals held back in the current write's scope (see below); None outside one.
-        self._held: list[tuple[Any, ...]] | None = None
+        self._held: list[_HeldRemoval] | None = None
         self.index_stats: Counter[str] = Counter()
         self.index_reads = _INTERNALS  # False: read as ScanFreeMemoryEngine does
         install_lineage()  # the text columns follow writes through it
@@ -1276,7 +1288,7 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
             try:
                 yield journal
                 for held in self._held:
-                    self._apply_index_change(*held)
+                    self._remove_held(held)
             finally:
                 self._held = outer
 
@@ -1295,24 +1307,30 @@ class IndexedMemoryEngine(ScanFreeMemoryEngine):
         if self._held is not None and action == "delete":
             records = (self._indexes if indexes_view is None else indexes_view).get(db_name, {})
             if all(_keyed_by_fields(record) for record in records.get(coll_name, [])):
-                self._held.append((db_name, coll_name, storage_key, document, "delete", views))
+                self._held.append(_HeldRemoval(db_name, coll_name, storage_key, document, views))
                 self.index_stats["index_removals_held"] += 1
                 return
         if self._held and action == "insert":
             for position, held in enumerate(self._held):
-                held_views = held[5]
-                if (
-                    held[:3] == (db_name, coll_name, storage_key)
-                    and held_views[0] is index_data_view
-                    and held_views[1] is indexes_view
-                ):
+                if (held.db_name, held.coll_name, held.storage_key) == (
+                    db_name,
+                    coll_name,
+                    storage_key,
+                ) and all(map(operator.is_, held.views, views)):
                     del self._held[position]
-                    if self._same_index_keys(db_name, coll_name, held[3], document, indexes_view):
+                    if self._same_index_keys(
+                        db_name, coll_name, held.document, document, indexes_view
+                    ):
                         self.index_stats["index_updates_skipped"] += 1
                         return
-                    self._apply_index_change(*held)
+                    self._remove_held(held)
                     break
         self._apply_index_change(db_name, coll_name, storage_key, document, action, views)
+
+    def _remove_held(self, held: "_HeldRemoval") -> None:
+        self._apply_index_change(
+            held.db_name, held.coll_name, held.storage_key, held.document, "delete", held.views
+        )
 
     def _same_index_keys(
         self,
