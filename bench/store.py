@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from service.db import EmbeddedStore
+from devstore import EmbeddedStore
 
 
 def main() -> int:

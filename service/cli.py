@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import uvicorn
@@ -31,6 +31,9 @@ from service.config import ConfigurationError, Settings
 from service.models import DATA_DOCUMENTS, DOCUMENTS, Post, User, UserCreate, Vote
 from service.models.base import utc_now
 from service.models.post import PostOwner
+
+if TYPE_CHECKING:
+    from devstore import EmbeddedStore
 
 app = typer.Typer(
     help="The Social API: serve it, and manage its MongoDB data.",
@@ -109,16 +112,15 @@ def serve(
         # Refuse a missing or placeholder SECRET_KEY here, with a plain message, rather than
         # in a worker's startup traceback; on the embedded store this creates the key file.
         settings.with_secret_key()
-        store: db.EmbeddedStore | None = None
+        store: EmbeddedStore | None = None
         if settings.embedded and settings.embedded_store_url is None:
             # This process owns the store and hands its URL to the app through the
             # environment: with several workers they all share it, and a store that cannot
-            # open (another process has it) is one line here, not a startup traceback.
-            store = db.EmbeddedStore(
-                settings.embedded_storage, settings.data_dir, settings.embedded_port
-            )
-            os.environ["EMBEDDED_STORE_URL"] = store.start()
-            logger.warning("\n%s", db.embedded_banner(store))
+            # open (another process has it, its port is taken) is one line here, not a
+            # startup traceback.
+            store = db.start_embedded_store(settings)
+            assert store.url is not None
+            os.environ["EMBEDDED_STORE_URL"] = store.url
     except (ConfigurationError, OSError) as error:
         fail(str(error))
     # uvicorn shuts down gracefully on SIGTERM (in-flight requests finish), then sends the

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     # The embedded development store, used only while MONGODB_URL is unset.
     data_dir: Path = Path(".data")
     embedded_storage: Literal["sqlite", "memory"] = "sqlite"
-    embedded_port: Annotated[int, Field(ge=0, le=65_535)] = 0
+    # A fixed loopback port, so that a connection string saved in mongosh or Compass keeps
+    # working across restarts; 0 takes any free port (the tests do).
+    embedded_port: Annotated[int, Field(ge=0, le=65_535)] = 27018
     # Set by `social-api serve --workers N` for its worker processes so that they share the
     # one embedded store the supervisor runs; not meant to be set by hand.
     embedded_store_url: str | None = None

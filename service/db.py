@@ -1,24 +1,19 @@
-"""The MongoDB connection, the documents' indexes, and the embedded development store.
+"""The MongoDB connection, the documents' indexes and validators, and migrations.
 
 The application speaks to MongoDB only through `pymongo.AsyncMongoClient` and Beanie. What
 answers at the URL is either a real MongoDB (`MONGODB_URL`) or, when that is unset, the
-embedded store: a mongoeco wire-protocol server on loopback, which the same client reaches
-over TCP exactly as it would reach `mongod`. There is no second code path.
+embedded development store (the `devstore` package): an emulator's wire-protocol server on
+loopback, which the same client reaches over TCP exactly as it would reach `mongod`. There is
+no second code path.
 """
 
 import asyncio
-import contextlib
-import fcntl
-import gc
 import logging
-import os
-import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from pathlib import Path
 from types import UnionType
-from typing import IO, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 import pymongo
 from beanie import Document, PydanticObjectId, init_beanie
@@ -29,9 +24,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, ConnectionFailure, OperationFailure
 from pymongo.monitoring import CommandListener
 
-from service.config import ConfigurationError, Settings, private_dir
+from service.config import ConfigurationError, Settings
 from service.derived import derive_post_fields, derive_tallies
 from service.models import DOCUMENTS
+
+if TYPE_CHECKING:
+    from devstore import EmbeddedStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,185 +37,35 @@ READY_TIMEOUT_S = 2.0
 INITIALISE_TIMEOUT_S = 600.0
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 5.0
-EMBEDDED_DB_FILE = "embedded.sqlite"
-EMBEDDED_LOCK_FILE = "embedded.lock"
 
 type Database = AsyncDatabase[dict[str, Any]]
 
 
-class EmbeddedStore:
-    """A mongoeco wire server on 127.0.0.1, run on its own thread and event loop.
+def start_embedded_store(settings: Settings) -> "EmbeddedStore":
+    """Start the embedded development store (the `devstore` extra) and print its banner.
 
-    Its own loop keeps the store independent of the loop (or loops) of whoever connects to it:
-    the app in this process, or the worker processes of `social-api serve --workers N`.
+    Imported here, and only here: a service with MONGODB_URL never loads the emulator, and an
+    image without the extra says how to get it rather than failing on an import.
     """
-
-    def __init__(self, storage: Literal["sqlite", "memory"], data_dir: Path, port: int = 0) -> None:
-        self.storage = storage
-        self.data_dir = data_dir
-        self.port = port
-        self.url: str | None = None
-        self._lock_file: IO[str] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="embedded-store", daemon=True)
-
-    @property
-    def path(self) -> Path | None:
-        """The SQLite file holding the data, or None in memory."""
-        return self.data_dir / EMBEDDED_DB_FILE if self.storage == "sqlite" else None
-
-    def start(self, timeout: float = 30.0) -> str:
-        """Start serving and return the URL to connect to."""
-        self._lock()
-        self._thread.start()
-        if not self._started.wait(timeout) or self._error is not None:
-            self.stop()
-            reason = self._error or f"it did not start within {timeout} s"
-            raise ConfigurationError(f"the embedded store failed to start: {reason}")
-        assert self.url is not None
-        return self.url
-
-    def stop(self) -> None:
-        """Stop serving (the SQLite engine flushes and closes its file) and release the lock."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed in the meantime
-                loop.call_soon_threadsafe(stop.set)
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-        self._unlock()
-
-    def _lock(self) -> None:
-        # Two stores on one DATA_DIR would corrupt one SQLite file (caches, index catalogue)
-        # or, in memory, silently split the data between processes; the lock makes a second
-        # process fail loudly instead.
-        private_dir(self.data_dir)
-        handle = (self.data_dir / EMBEDDED_LOCK_FILE).open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise ConfigurationError(
-                f"the embedded store of {self.data_dir.resolve()} is already open in another "
-                "process. Run several workers with `social-api serve --workers N` (they share "
-                "one store), give this process another DATA_DIR, or set MONGODB_URL."
-            ) from None
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock_file = handle
-
-    def _unlock(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as error:
-            self._error = error
-            if self._stop is not None and self._stop.is_set():
-                # Asked to stop, and the engine failed while closing (seen: SQLite "database is
-                # locked" from its heartbeat after a long seed, every write already committed):
-                # worth a line, not an alarm.
-                logger.warning("The embedded store closed with an error: %r", error)
-            elif self._started.is_set():  # it had been serving: requests now fail with 503
-                logger.critical("The embedded store stopped: %r", error, exc_info=error)
-            self._started.set()  # before start-up, start() raises it in the caller
-
-    async def _serve(self) -> None:
-        # Imported here: only the embedded mode needs the emulator loaded.
-        from mongoeco.wire.proxy import AsyncMongoEcoProxyServer
-
-        from service.embedded_engine import _engines
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        memory_engine, sqlite_engine = _engines()
-        engine = memory_engine() if self.path is None else sqlite_engine(str(self.path))
-        server = AsyncMongoEcoProxyServer(
-            engine=engine,
-            host="127.0.0.1",
-            port=self.port,
-            mongodb_dialect="8.0",
-            pymongo_profile="auto-installed",
-        )
-        address = await server.start()
-        gc_freezing.hold()
-        try:
-            self.url = address.uri
-            self._started.set()
-            await self._stop.wait()
-        finally:
-            gc_freezing.release()
-            await server.close()
-
-
-class GcFreezing:
-    """While an embedded store runs: the survivors of each full garbage collection are frozen
-    (`gc.freeze`), so the next full collection examines only what was allocated since.
-
-    The emulator keeps every document as Python objects, and a full collection examines them
-    all while every thread waits: 0.7 s at the benchmark's data set (1.2 million objects), a
-    pause every client of the process sees (BENCHMARKS.md). Frozen objects are still freed
-    when nothing refers to them; only a reference cycle among them is never reclaimed, and
-    the emulator's data hold none. Process-wide, as the collector is; released (frozen objects
-    handed back to the collector) when the last store in the process stops.
-    """
-
-    def __init__(self) -> None:
-        self._holders = 0
-        self._lock = threading.Lock()
-
-    @property
-    def held(self) -> bool:
-        return self._holders > 0
-
-    @staticmethod
-    def after_collection(phase: str, info: dict[str, Any]) -> None:
-        if phase == "stop" and info.get("generation") == 2:  # CPython's oldest generation
-            gc.freeze()
-
-    def hold(self) -> None:
-        with self._lock:
-            if self._holders == 0:
-                gc.callbacks.append(self.after_collection)
-            self._holders += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._holders -= 1
-            if self._holders == 0:
-                gc.callbacks.remove(self.after_collection)
-                gc.unfreeze()
-
-
-gc_freezing = GcFreezing()
-
-
-def embedded_banner(store: EmbeddedStore) -> str:
-    where = (
-        f"in the SQLite file {store.path.resolve()} (kept across restarts)"
-        if store.path is not None
-        else "in memory only (lost when the process stops)"
+    try:
+        import devstore
+    except ImportError as error:
+        if not (error.name or "").startswith(("devstore", "mongoeco")):
+            raise
+        raise ConfigurationError(
+            "MONGODB_URL is not set and the embedded development store is not installed: "
+            "set MONGODB_URL=mongodb://host:27017/, or install the store with "
+            "pip install 'social-api[devstore]' (make run does)"
+        ) from None
+    store = devstore.EmbeddedStore(
+        settings.embedded_storage, settings.data_dir, settings.embedded_port
     )
-    return "\n".join(
-        [
-            "=" * 78,
-            "EMBEDDED DEVELOPMENT STORE: MONGODB_URL is not set, so this process runs a",
-            "MongoDB emulator (mongoeco) for development, not a production database.",
-            f"  data:        {where}",
-            f"  wire URL:    {store.url}  (PyMongo and `social-api` commands)",
-            "  switch with: EMBEDDED_STORAGE=memory | sqlite",
-            "  production:  set MONGODB_URL=mongodb://user:pass@host:27017/ and SECRET_KEY",
-            "=" * 78,
-        ]
-    )
+    try:
+        store.start()
+    except devstore.StoreError as error:
+        raise ConfigurationError(str(error)) from None
+    logger.warning("\n%s", devstore.banner(store, settings.mongodb_db))
+    return store
 
 
 @asynccontextmanager
@@ -235,9 +83,8 @@ async def connect(
     store: EmbeddedStore | None = None
     url = settings.mongodb_url or settings.embedded_store_url
     if url is None:
-        store = EmbeddedStore(settings.embedded_storage, settings.data_dir, settings.embedded_port)
-        url = await asyncio.to_thread(store.start)
-        logger.warning("\n%s", embedded_banner(store))
+        store = await asyncio.to_thread(start_embedded_store, settings)
+        url = store.url
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         url,
         tz_aware=True,

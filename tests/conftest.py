@@ -23,8 +23,8 @@ from asgi_lifespan import LifespanManager
 from beanie import init_beanie
 from fastapi import FastAPI
 
+from devstore import EmbeddedStore
 from service.config import Settings
-from service.db import EmbeddedStore
 from service.main import create_app
 from service.models import DOCUMENTS
 from service.models.post import COUNTERS
@@ -131,7 +131,9 @@ def running_server(
         for key, value in os.environ.items()
         if key not in {"MONGODB_URL", "SECRET_KEY", "EMBEDDED_STORE_URL", "DATA_DIR"}
     }
-    environment.update({"DATA_DIR": str(directory / "data"), "BCRYPT_ROUNDS": "4", **env})
+    environment.update(
+        {"DATA_DIR": str(directory / "data"), "EMBEDDED_PORT": "0", "BCRYPT_ROUNDS": "4", **env}
+    )
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), *args]
     # Its working directory is `directory`, so no .env file of the checkout is read. Its output
     # goes to a file (a pipe nobody reads would fill up and block it) and ends up in the report

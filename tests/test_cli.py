@@ -12,8 +12,8 @@ from bson import ObjectId, json_util
 from pymongo import MongoClient
 from typer.testing import CliRunner
 
+from devstore import EmbeddedStore
 from service.cli import app as cli
-from service.db import EmbeddedStore
 from service.security import verify_password_sync
 from tests.conftest import TEST_SECRET_KEY, free_port
 

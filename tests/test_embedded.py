@@ -1,6 +1,5 @@
 """The embedded development store, the signing key, and what refuses to start."""
 
-import gc
 import logging
 import socket
 import stat
@@ -13,8 +12,10 @@ from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from devstore import DB_FILE as EMBEDDED_DB_FILE
+from devstore import LOCK_FILE as EMBEDDED_LOCK_FILE
+from devstore import EmbeddedStore, StoreError
 from service.config import ConfigurationError, Settings
-from service.db import EMBEDDED_DB_FILE, EMBEDDED_LOCK_FILE, EmbeddedStore, gc_freezing
 from service.main import create_app
 from tests.conftest import running_server
 from tests.factories import DEFAULT_PASSWORD, create_user, login
@@ -27,6 +28,7 @@ def embedded_settings(data_dir, **overrides) -> Settings:
         "secret_key": None,
         "data_dir": data_dir,
         "embedded_storage": "sqlite",
+        "embedded_port": 0,
         "bcrypt_rounds": 4,
         "log_level": "WARNING",
     }
@@ -115,7 +117,7 @@ async def test_memory_storage_keeps_nothing_on_disk(data_dir, restore_beanie, ca
     finally:
         await client.aclose()
         await manager.__aexit__(None, None, None)
-    assert "in memory only" in caplog.text
+    assert "memory only" in caplog.text
     assert not (data_dir / EMBEDDED_DB_FILE).exists()
 
 
@@ -124,7 +126,7 @@ def test_a_second_process_cannot_open_the_same_store(data_dir, storage):
     first = EmbeddedStore(storage, data_dir)
     first.start()
     try:
-        with pytest.raises(ConfigurationError, match="already open in another process"):
+        with pytest.raises(StoreError, match="already open in another process"):
             EmbeddedStore(storage, data_dir).start()
     finally:
         first.stop()
@@ -133,35 +135,20 @@ def test_a_second_process_cannot_open_the_same_store(data_dir, storage):
     again.stop()
 
 
-def test_a_store_that_cannot_start_says_why_and_releases_its_lock(data_dir):
+def test_a_taken_port_is_one_line_that_says_how_to_choose_another(data_dir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy_port = taken.getsockname()[1]
-        with pytest.raises(ConfigurationError, match="failed to start"):
+        with pytest.raises(StoreError) as refused:
             EmbeddedStore("sqlite", data_dir, port=busy_port).start()
-    store = EmbeddedStore("sqlite", data_dir)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"127.0.0.1:{busy_port}: the port is taken" in message
+    assert "EMBEDDED_PORT=" in message
+    store = EmbeddedStore("sqlite", data_dir)  # the lock was released
     store.start()
     store.stop()
-
-
-def test_a_running_store_freezes_what_survives_each_full_collection(data_dir):
-    store = EmbeddedStore("memory", data_dir)
-    store.start()
-    try:
-        assert gc_freezing.after_collection in gc.callbacks
-        gc.collect()
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
-        survivors = [[number] for number in range(5_000)]  # tracked objects that survive
-        gc.collect()
-        # Only what came since the last full collection was examined, and is frozen now.
-        assert gc.get_freeze_count() >= frozen + len(survivors)
-    finally:
-        store.stop()
-    if not gc_freezing.held:  # no other store in this process: all handed back
-        assert gc_freezing.after_collection not in gc.callbacks
-        assert gc.get_freeze_count() == 0
 
 
 def test_data_dir_is_private(data_dir):

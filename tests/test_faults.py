@@ -23,7 +23,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pymongo import MongoClient
 
-from service.db import EmbeddedStore
+from devstore import EmbeddedStore
 from service.main import create_app
 from tests.conftest import check_for_leaks, free_port, make_settings, running_server
 from tests.factories import DEFAULT_PASSWORD, LoggedInUser, create_post, create_user, unique_email

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service.db import EmbeddedStore
+from devstore import EmbeddedStore
 from service.main import create_app
 from service.models import Post
 from tests.conftest import free_port, make_settings

@@ -1,0 +1,302 @@
+"""mongoeco's wire server and engines, with the fixes this service needs.
+
+Each fix is one wrong answer, or one cost that grows with a collection on a path the service
+takes, put right at the narrowest seam; each is listed in the README with the test that fails
+without it, so that it can go once mongoeco has it.
+"""
+
+import inspect
+import sqlite3
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bson import Int64, ObjectId
+from mongoeco.core import sorting
+from mongoeco.core.filtering import QueryEngine
+from mongoeco.core.paths import get_document_value
+from mongoeco.core.query_plan import AndCondition, EqualsCondition, QueryNode
+from mongoeco.engines.memory import MemoryEngine
+from mongoeco.engines.sqlite import SQLiteEngine
+from mongoeco.engines.sqlite_query import index_expressions_sql, json_path_for_field
+from mongoeco.engines.virtual_indexes import document_in_virtual_index
+from mongoeco.wire import proxy
+from mongoeco.wire.cursors import WireCursorStore
+
+
+def _one_form(value: object) -> bool:
+    """Whether a value has one stored form, so that two such values are equal exactly when
+    their stored forms are: an ObjectId (mongoeco's own subclasses it) or a plain string
+    (not BSON Code, which subclasses str)."""
+    return isinstance(value, ObjectId) or type(value) is str
+
+
+class Int64CursorStore(WireCursorStore):
+    """Cursor ids as 64-bit integers, as the wire protocol has them.
+
+    mongoeco answers them as Python ints, which BSON encodes as int32; the Node.js driver (so
+    mongosh and Compass) then finds no cursor id in the reply and fails every find.
+    """
+
+    def materialize_command_result(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _int64_cursor(super().materialize_command_result(*args, **kwargs))
+
+    def get_more(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _int64_cursor(super().get_more(*args, **kwargs))
+
+
+def _int64_cursor(result: dict[str, Any]) -> dict[str, Any]:
+    cursor = result.get("cursor")
+    if isinstance(cursor, dict) and isinstance(cursor.get("id"), int):
+        cursor["id"] = Int64(cursor["id"])
+    return result
+
+
+class FixedSQLiteEngine(SQLiteEngine):
+    """mongoeco's SQLite engine without two scans of the whole collection on every insert."""
+
+    def _decode_codec_payload(
+        self, payload: object, *, preserve_bson_wrappers: bool
+    ) -> dict[str, Any]:
+        """A stored document decoded, as mongoeco decodes it, without asking Python for its
+        decoder's signature each time: that question, asked once per document, cost a
+        search over the demo's 1,000 posts a fifth of its time."""
+        decode = self._codec.decode
+        if not _takes_wrappers(getattr(decode, "__func__", decode)):
+            return decode(payload)  # type: ignore[no-any-return]
+        return decode(payload, preserve_bson_wrappers=preserve_bson_wrappers)  # type: ignore[no-any-return]
+
+    def _validate_document_against_unique_indexes(
+        self, db_name: str, coll_name: str, document: dict[str, Any], **options: Any
+    ) -> None:
+        """An ObjectId `_id` is checked by its storage key alone.
+
+        mongoeco also decodes every stored document to compare `_id`s by value, so that ids
+        equal as numbers but stored differently (1 and 1.0) collide. An ObjectId has one
+        stored form, so the lookup by storage key that runs first already finds its
+        duplicate. Any other `_id` still gets the scan.
+        """
+        if isinstance(document.get("_id"), ObjectId):
+            options["scan_payload_id"] = False
+        super()._validate_document_against_unique_indexes(db_name, coll_name, document, **options)
+
+    def _unique_index_conflict_via_scalar_entries(
+        self,
+        conn: sqlite3.Connection,
+        collection_id: int | None,
+        index: dict[str, Any],
+        document: dict[str, Any],
+        *,
+        exclude_storage_key: str | None,
+    ) -> bool | None:
+        """A compound unique index (the votes' one) checked through its SQLite index.
+
+        mongoeco looks up single-field unique indexes in an index table and checks compound
+        ones by decoding every stored document (None below sends it there). When every
+        indexed value has one stored form, the documents holding the same stored values are
+        found through the expression index mongoeco built for this index, and each is then
+        compared as mongoeco compares them. Anything else still gets the scan.
+        """
+        answer = super()._unique_index_conflict_via_scalar_entries(
+            conn, collection_id, index, document, exclude_storage_key=exclude_storage_key
+        )
+        physical_name = index.get("physical_name")
+        if answer is not None or len(index["fields"]) < 2 or not physical_name:
+            return answer
+        if collection_id is None:
+            return None
+        values = [get_document_value(document, field) for field in index["fields"]]
+        if not all(found and _one_form(value) for found, value in values):
+            return None
+        expressions = [e for field in index["fields"] for e in index_expressions_sql(field)]
+        probe = f"SELECT {', '.join(expressions)} FROM (SELECT ? AS document)"
+        keys = conn.execute(probe, (self._serialize_document(document),)).fetchone()
+        namespace = conn.execute(
+            "SELECT db_name, coll_name FROM collections WHERE collection_id = ?",
+            (collection_id,),
+        ).fetchone()
+        where = " AND ".join(f"{expression} = ?" for expression in expressions)
+        query = (
+            f"SELECT storage_key, document FROM documents "
+            f"INDEXED BY {self._quote_identifier(str(physical_name))} "
+            f"WHERE db_name = ? AND coll_name = ? AND {where}"
+        )
+        try:
+            rows = conn.execute(query, (*namespace, *keys)).fetchall()
+        except sqlite3.OperationalError:  # the planner cannot use that index: scan
+            return None
+        key = tuple(self._index_value(document, field) for field in index["fields"])
+        for storage_key, payload in rows:
+            if storage_key == exclude_storage_key:
+                continue
+            existing = self._deserialize_document(payload)
+            if document_in_virtual_index(existing, index) and key == tuple(
+                self._index_value(existing, field) for field in index["fields"]
+            ):
+                return True
+        return False
+
+    def _select_first_document_for_plan(
+        self, db_name: str, coll_name: str, plan: QueryNode, **options: Any
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The document an update or find-and-modify works on, when the filter names its
+        `_id` beside other conditions (`{_id: X, published: true}`): read by its key.
+
+        mongoeco reads a lone `_id` by its key, but turns any filter that has more into SQL
+        over every document of the collection. Only the document with that `_id` can match:
+        it is read as mongoeco reads a lone `_id`, then tested against the whole filter by
+        mongoeco's own matcher.
+        """
+        by_id = next(
+            (
+                clause
+                for clause in (plan.clauses if isinstance(plan, AndCondition) else ())
+                if isinstance(clause, EqualsCondition) and clause.field == "_id"
+            ),
+            None,
+        )
+        if by_id is None or options.get("hint") is not None:
+            return super()._select_first_document_for_plan(db_name, coll_name, plan, **options)
+        found = super()._select_first_document_for_plan(db_name, coll_name, by_id, **options)
+        if found is None or not QueryEngine.match_plan(found[1], plan):
+            return None
+        return found
+
+    def _field_is_top_level_array_in_collection(
+        self, db_name: str, coll_name: str, field: str
+    ) -> bool:
+        """Whether any stored document holds an array in `field`.
+
+        An array's value in mongoeco's expression index is its JSON text, which starts with
+        "[", beside an empty type: the documents that may hold one are that range's few.
+        """
+        kind, value = index_expressions_sql(field)
+        path = json_path_for_field(field).replace("'", "''")
+        found = self._through_index(
+            db_name,
+            coll_name,
+            f"top_level_array:{field}",
+            field,
+            f"{kind} = '' AND {value} >= '[' AND {value} < '\\' "
+            f"AND json_type(document, '{path}') = 'array'",
+            (),
+        )
+        if found is None:
+            return super()._field_is_top_level_array_in_collection(db_name, coll_name, field)
+        return found
+
+    def _field_contains_tagged_value_type_in_collection(
+        self, db_name: str, coll_name: str, field: str, value_type: str
+    ) -> bool:
+        """Whether any stored document holds a value of `value_type` (such as a Decimal128)
+        in `field`: the type is the first column mongoeco's expression index keeps for it."""
+        kind, _ = index_expressions_sql(field)
+        found = self._through_index(
+            db_name,
+            coll_name,
+            f"tagged_type:{field}:{value_type}",
+            field,
+            f"{kind} = ?",
+            (value_type,),
+        )
+        if found is None:
+            return super()._field_contains_tagged_value_type_in_collection(
+                db_name, coll_name, field, value_type
+            )
+        return found
+
+    def _through_index(
+        self,
+        db_name: str,
+        coll_name: str,
+        feature: str,
+        field: str,
+        condition: str,
+        parameters: tuple[object, ...],
+    ) -> bool | None:
+        """A feature of the stored documents, answered through an index that leads with
+        `field`, and cached as mongoeco caches it; None if no index can answer.
+
+        mongoeco answers such questions (its query planner asks them before most reads and
+        writes) by reading the whole collection, and forgets the answer on every write to
+        it: each write made the next command read the collection once per field and
+        question. An index whose first field is `field` holds the same answer in order.
+        """
+        key = (db_name, coll_name, feature)
+        if key in self._collection_features_cache:
+            return bool(self._collection_features_cache[key])
+        index = next(
+            (
+                index
+                for index in self._load_indexes(db_name, coll_name)
+                if index["fields"][0] == field
+                and index.get("physical_name")
+                and not index.get("sparse")
+                and index.get("partial_filter_expression") is None
+            ),
+            None,
+        )
+        if index is None:
+            return None
+        query = (
+            "SELECT 1 FROM documents "
+            f"INDEXED BY {self._quote_identifier(str(index['physical_name']))} "
+            f"WHERE db_name = ? AND coll_name = ? AND {condition} LIMIT 1"
+        )
+        try:
+            row = (
+                self._require_connection()
+                .execute(query, (db_name, coll_name, *parameters))
+                .fetchone()
+            )
+        except sqlite3.OperationalError:  # the planner cannot use that index
+            return None
+        self._collection_features_cache[key] = found = row is not None
+        return found
+
+
+@cache
+def _takes_wrappers(decode: Any) -> bool:
+    """Whether a codec's `decode` takes `preserve_bson_wrappers` (as mongoeco asks it)."""
+    try:
+        return "preserve_bson_wrappers" in inspect.signature(decode).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_compare_sort_values = sorting._compare_sort_values
+
+
+def compare_sort_values(left: Any, right: Any, **options: Any) -> int:
+    """Two sort values of one type that Python orders as BSON does (dates, ObjectIds),
+    compared as Python compares them.
+
+    mongoeco compares them through its general BSON comparison, which costs a search over
+    the demo's 1,000 posts about a third of its time, sorting its matches by date and id. Its
+    own shortcut for numbers and strings is kept, and anything else (another type, a mix of
+    types or of time zones, a collation) still goes its way.
+    """
+    kind = type(left)
+    if (
+        options.get("collation") is None
+        and kind is type(right)
+        and (isinstance(left, ObjectId) or (kind is datetime and left.tzinfo == right.tzinfo))
+    ):
+        return int(left > right) - int(left < right)
+    result: int = _compare_sort_values(left, right, **options)
+    return result
+
+
+def wire_server(path: Path | None, host: str, port: int) -> proxy.AsyncMongoEcoProxyServer:
+    """A wire server on the SQLite file at `path`, or in memory when it is None."""
+    proxy.WireCursorStore = Int64CursorStore  # type: ignore[attr-defined]
+    sorting._compare_sort_values = compare_sort_values
+    engine = MemoryEngine() if path is None else FixedSQLiteEngine(str(path))
+    return proxy.AsyncMongoEcoProxyServer(
+        engine=engine,
+        host=host,
+        port=port,
+        mongodb_dialect="8.0",
+        pymongo_profile="auto-installed",
+    )
