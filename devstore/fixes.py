@@ -14,6 +14,7 @@ from typing import Any
 
 from bson import Int64, ObjectId
 from mongoeco.core import sorting
+from mongoeco.core.bson_scalars import BsonInt64
 from mongoeco.core.filtering import QueryEngine
 from mongoeco.core.paths import get_document_value
 from mongoeco.core.query_plan import AndCondition, EqualsCondition, QueryNode
@@ -21,7 +22,7 @@ from mongoeco.engines.memory import MemoryEngine
 from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.engines.sqlite_query import index_expressions_sql, json_path_for_field
 from mongoeco.engines.virtual_indexes import document_in_virtual_index
-from mongoeco.wire import proxy
+from mongoeco.wire import _executor_validation, proxy
 from mongoeco.wire.cursors import WireCursorStore
 
 
@@ -33,7 +34,7 @@ def _one_form(value: object) -> bool:
 
 
 class Int64CursorStore(WireCursorStore):
-    """Cursor ids as 64-bit integers, as the wire protocol has them.
+    """Cursor ids answered as 64-bit integers, as the wire protocol has them.
 
     mongoeco answers them as Python ints, which BSON encodes as int32; the Node.js driver (so
     mongosh and Compass) then finds no cursor id in the reply and fails every find.
@@ -51,6 +52,27 @@ def _int64_cursor(result: dict[str, Any]) -> dict[str, Any]:
     if isinstance(cursor, dict) and isinstance(cursor.get("id"), int):
         cursor["id"] = Int64(cursor["id"])
     return result
+
+
+def _taking_int64_cursor_ids(validate: Any) -> Any:
+    """A wire command's validator that first reads 64-bit cursor ids as integers.
+
+    mongoeco decodes an int64 into a wrapper that is not an int, so a getMore or killCursors
+    naming its cursor as the protocol does (every Node.js client, so mongosh) is refused.
+    """
+
+    def validator(body: dict[str, Any], command: dict[str, Any]) -> None:
+        if isinstance(command.get("getMore"), BsonInt64):
+            command["getMore"] = command["getMore"].value
+        if "killCursors" in command and isinstance(command.get("cursors"), list):
+            command["cursors"] = [
+                cursor.value if isinstance(cursor, BsonInt64) else cursor
+                for cursor in command["cursors"]
+            ]
+        validate(body, command)
+
+    validator.takes_int64 = True  # type: ignore[attr-defined]
+    return validator
 
 
 class FixedSQLiteEngine(SQLiteEngine):
@@ -291,6 +313,10 @@ def compare_sort_values(left: Any, right: Any, **options: Any) -> int:
 def wire_server(path: Path | None, host: str, port: int) -> proxy.AsyncMongoEcoProxyServer:
     """A wire server on the SQLite file at `path`, or in memory when it is None."""
     proxy.WireCursorStore = Int64CursorStore  # type: ignore[attr-defined]
+    validators = _executor_validation._WIRE_COMMAND_VALIDATORS
+    for command in ("getMore", "killCursors"):
+        if not getattr(validators[command], "takes_int64", False):
+            validators[command] = _taking_int64_cursor_ids(validators[command])
     sorting._compare_sort_values = compare_sort_values
     engine = MemoryEngine() if path is None else FixedSQLiteEngine(str(path))
     return proxy.AsyncMongoEcoProxyServer(

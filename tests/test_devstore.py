@@ -1,0 +1,273 @@
+"""The development store's fixes to mongoeco, each on the SQLite engine (the default).
+
+Each test fails on stock mongoeco 4.11: the README lists which test goes with which fix. The
+costs are counted, not timed: documents the engine decodes, SQLite virtual-machine steps
+(deterministic for the same data), and calls of the slow path a fix avoids. A write must cost
+the same with ten times the documents; stock mongoeco's grows with them.
+"""
+
+import contextlib
+import inspect
+import random
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import Int64, ObjectId
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from mongoeco.core import sorting
+from mongoeco.engines.sqlite import SQLiteEngine
+from pymongo import MongoClient
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from devstore import EmbeddedStore
+from devstore.fixes import FixedSQLiteEngine
+
+SMALL, LARGE = 200, 2_000
+
+
+class Work(Counter[str]):
+    """What the engine did: `decoded` documents, SQLite `steps` (virtual-machine
+    instructions, counted while `measuring`), `compared` sort values by mongoeco's general
+    comparison, `signatures` asked of its codec."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections: list[Any] = []
+        self.measuring = False
+
+    def step(self) -> int:
+        self["steps"] += 1
+        return 0  # go on
+
+    def measure(self, on: bool) -> None:
+        self.measuring = on
+        for connection in self.connections:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed since
+                connection.set_progress_handler(self.step if on else None, 1)
+
+
+@pytest.fixture
+def work(monkeypatch: pytest.MonkeyPatch) -> Work:
+    counted = Work()
+    deserialize = SQLiteEngine._deserialize_document
+    connect = FixedSQLiteEngine._create_sqlite_connection
+    compare = sorting.compare_with_collation
+    signature = inspect.signature
+
+    def deserialize_counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counted["decoded"] += 1
+        return deserialize(self, *args, **kwargs)
+
+    def connect_counted(self: Any) -> Any:
+        connection = connect(self)
+        counted.connections.append(connection)
+        if counted.measuring:
+            connection.set_progress_handler(counted.step, 1)
+        return connection
+
+    def compare_counted(*args: Any, **kwargs: Any) -> Any:
+        counted["compared"] += 1
+        return compare(*args, **kwargs)
+
+    def signature_counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(function, "__name__", "") == "decode":
+            counted["signatures"] += 1
+        return signature(function, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteEngine, "_deserialize_document", deserialize_counted)
+    monkeypatch.setattr(FixedSQLiteEngine, "_create_sqlite_connection", connect_counted)
+    monkeypatch.setattr(sorting, "compare_with_collation", compare_counted)
+    monkeypatch.setattr(inspect, "signature", signature_counted)
+    return counted
+
+
+@pytest.fixture
+def store(tmp_path: Path, work: Work) -> Iterator[MongoClient[dict[str, Any]]]:
+    """A SQLite store of its own (started after `work`, so its connections are counted)."""
+    running = EmbeddedStore("sqlite", tmp_path / "data")
+    with MongoClient[dict[str, Any]](running.start(), tz_aware=True) as client:
+        yield client
+    running.stop()
+
+
+def votes_of(client: MongoClient[dict[str, Any]], name: str) -> Collection[dict[str, Any]]:
+    """A collection shaped as the service's votes: a compound unique index and one more."""
+    votes = client["devstore"][name]
+    votes.create_index([("post_id", 1), ("user_id", 1)], unique=True)
+    votes.create_index([("user_id", 1)])
+    return votes
+
+
+def fill(collection: Collection[dict[str, Any]], count: int) -> None:
+    for start in range(0, count, 500):
+        batch = min(500, count - start)
+        collection.insert_many(
+            [{"post_id": ObjectId(), "user_id": ObjectId(), "n": start + i} for i in range(batch)]
+        )
+
+
+def cost(work: Work, kind: str, action: Any) -> int:
+    """How much of `kind` the engine spent on `action`."""
+    before = work[kind]
+    work.measure(kind == "steps")
+    try:
+        action()
+    finally:
+        work.measure(False)
+    return work[kind] - before
+
+
+def test_cursor_ids_are_64_bit_integers_on_the_wire(store):
+    """mongosh and Compass (the Node.js driver) read no cursor id from an int32."""
+    things = store["devstore"]["things"]
+    things.insert_many([{"n": n} for n in range(5)])
+    raw = CodecOptions(document_class=RawBSONDocument)
+    database = store["devstore"]
+    first = database.command("find", "things", batchSize=2, codec_options=raw)["cursor"]
+    assert b"\x12id\x00" in first.raw  # BSON type 0x12: int64
+    more = database.command(
+        "getMore", first["id"], collection="things", batchSize=10, codec_options=raw
+    )
+    assert b"\x12id\x00" in more["cursor"].raw and more["cursor"]["id"] == 0
+    # The Node.js driver names the cursor of a getMore as an int64 too.
+    again = database.command("find", "things", batchSize=2, codec_options=raw)["cursor"]
+    rest = database.command("getMore", Int64(again["id"]), collection="things", batchSize=10)
+    assert [row["n"] for row in rest["cursor"]["nextBatch"]] == [2, 3, 4]
+    killed = database.command("find", "things", batchSize=2, codec_options=raw)["cursor"]
+    answer = database.command("killCursors", "things", cursors=[Int64(killed["id"])])
+    assert answer["cursorsKilled"] == [killed["id"]]
+    single = database.command("find", "things", codec_options=raw)["cursor"]
+    assert b"\x12id\x00" in single.raw and single["id"] == 0
+
+
+def test_an_insert_decodes_no_stored_document(store, work):
+    """An ObjectId `_id`, and a compound unique index, are checked without reading every
+    document of the collection."""
+    votes = votes_of(store, "votes")
+    fill(votes, SMALL)
+    vote = {"post_id": ObjectId(), "user_id": ObjectId()}
+    decoded = cost(work, "decoded", lambda: votes.insert_one(vote))
+    assert decoded == 0
+    plain = store["devstore"]["plain"]
+    fill(plain, SMALL)
+    assert cost(work, "decoded", lambda: plain.insert_one({"x": 1})) == 0
+
+
+def test_unique_indexes_and_ids_still_refuse_duplicates(store):
+    votes = votes_of(store, "votes")
+    fill(votes, 50)
+    post, user = ObjectId(), ObjectId()
+    first = votes.insert_one({"post_id": post, "user_id": user}).inserted_id
+    votes.insert_one({"post_id": post, "user_id": ObjectId()})
+    with pytest.raises(DuplicateKeyError):
+        votes.insert_one({"post_id": post, "user_id": user})
+    with pytest.raises(BulkWriteError):
+        votes.insert_many(
+            [{"post_id": ObjectId(), "user_id": user}, {"post_id": post, "user_id": user}]
+        )
+    with pytest.raises(DuplicateKeyError):
+        votes.insert_one({"_id": first, "post_id": ObjectId(), "user_id": ObjectId()})
+    other = votes.insert_one({"post_id": ObjectId(), "user_id": ObjectId()}).inserted_id
+    with pytest.raises(DuplicateKeyError):
+        votes.update_one({"_id": other}, {"$set": {"post_id": post, "user_id": user}})
+    votes.update_one({"_id": first}, {"$set": {"post_id": post, "user_id": user, "c": 1}})
+    # Values without one stored form still get mongoeco's own check: 1 and 1.0 are equal.
+    votes.insert_one({"post_id": 1, "user_id": "a"})
+    with pytest.raises(DuplicateKeyError):
+        votes.insert_one({"post_id": 1.0, "user_id": "a"})
+    votes.delete_one({"_id": first})
+    votes.insert_one({"post_id": post, "user_id": user})  # free again once deleted
+
+
+def steps_at(store, work: Work, size: int, action: Any) -> int:
+    """SQLite steps of `action(collection)` on a votes-like collection of `size` documents,
+    right after a write (which is when stock mongoeco forgets what it knew)."""
+    votes = votes_of(store, f"votes_{size}")
+    fill(votes, size)
+    votes.insert_one({"post_id": ObjectId(), "user_id": ObjectId()})
+    return cost(work, "steps", lambda: action(votes))
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(
+            lambda votes: votes.insert_one({"post_id": ObjectId(), "user_id": ObjectId()}),
+            id="insert",
+        ),
+        pytest.param(
+            lambda votes: votes.find_one_and_delete({"post_id": ObjectId(), "user_id": ObjectId()}),
+            id="find_one_and_delete",
+        ),
+    ],
+)
+def test_a_write_costs_the_same_with_ten_times_the_documents(store, work, write):
+    """Whether a field holds arrays or Decimal128s is answered through an index on it."""
+    small = steps_at(store, work, SMALL, write)
+    large = steps_at(store, work, LARGE, write)
+    assert large < 1.5 * small, (small, large)
+
+
+def test_a_filter_on_id_and_more_reads_one_document(store, work):
+    """`{_id: X, n: 3}` reads the document with that `_id` only, then matches the rest."""
+
+    target: dict[str, Any] | None = None
+
+    def update(votes: Collection[dict[str, Any]]) -> None:
+        assert target is not None
+        missed = votes.update_one({"_id": target["_id"], "n": 4}, {"$set": {"hit": True}})
+        assert missed.matched_count == 0
+        hit = votes.update_one(
+            {"$and": [{"_id": target["_id"]}, {"$or": [{"n": 3}, {"n": 9}]}]},
+            {"$inc": {"hits": 1}},
+        )
+        assert hit.matched_count == 1
+
+    votes = votes_of(store, "votes")
+    fill(votes, SMALL)
+    target = votes.find_one({"n": 3})
+    small = cost(work, "steps", lambda: update(votes))
+    votes = votes_of(store, "more_votes")
+    fill(votes, LARGE)
+    target = votes.find_one({"n": 3})
+    large = cost(work, "steps", lambda: update(votes))
+    assert large < 1.5 * small, (small, large)
+    assert votes.find_one({"n": 3}, {"_id": 0, "hits": 1}) == {"hits": 1}
+    assert votes.count_documents({"hit": True}) == 0
+
+
+def test_dates_and_ids_sort_as_bson_orders_them_without_the_general_comparison(store, work):
+    """A sort that mongoeco runs in Python (after a filter SQL cannot take, such as the
+    service's case-insensitive search) compares dates and ids as Python does."""
+    things = store["devstore"]["things"]
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        {"_id": ObjectId(), "at": start + timedelta(milliseconds=random.randrange(50)), "t": "x"}
+        for _ in range(300)
+    ]
+    things.insert_many(rows)
+    search = {"$or": [{"t": {"$regex": "X", "$options": "i"}}, {"u": {"$regex": "X"}}]}
+    order = [("at", -1), ("_id", -1)]
+    found: list[dict[str, Any]] = []
+    compared = cost(work, "compared", lambda: found.extend(things.find(search).sort(order)))
+    assert compared == 0
+    expected = sorted(rows, key=lambda row: (row["at"], row["_id"]), reverse=True)
+    assert [row["_id"] for row in found] == [row["_id"] for row in expected]
+    # Values of different types still follow BSON's order of types: strings before dates.
+    things.insert_one({"_id": ObjectId(), "at": "not a date", "t": "x"})
+    assert next(things.find(search).sort("at", 1))["at"] == "not a date"
+    assert work["compared"] > 0
+
+
+def test_reading_documents_asks_the_codec_signature_at_most_once(store, work):
+    things = store["devstore"]["things"]
+    things.insert_many([{"tag": ObjectId(), "n": n} for n in range(300)])
+    asked = cost(work, "signatures", lambda: list(things.find({"n": {"$gte": 0}})))
+    assert asked <= 1
