@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test browser test-browser check-docker login-timing fuzz soak bench lint format clean
+.PHONY: run test browser test-browser mongosh test-mongosh check-docker login-timing fuzz soak bench lint format clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' || \
@@ -43,6 +43,14 @@ browser:
 # The API docs in headless Chromium; REQUIRE_BROWSER turns a missing browser into a failure.
 test-browser: $(VENV)/.stamp-test browser
 	REQUIRE_BROWSER=1 $(BIN)/python -m pytest tests/test_browser.py $(PYTEST_ARGS)
+
+# The real MongoDB shell (from npm, into .tools/mongosh) for the Mongo-tools test.
+mongosh:
+	.ci/install-mongosh
+
+# mongosh against the development store; REQUIRE_MONGOSH turns a missing mongosh into a failure.
+test-mongosh: $(VENV)/.stamp-test mongosh
+	REQUIRE_MONGOSH=1 $(BIN)/python -m pytest tests/test_mongosh.py $(PYTEST_ARGS)
 
 # Dockerfile and compose file, checked statically: real Compose v2 binary, compose-spec schema,
 # hadolint, and the rules the deployment relies on (see the script).
