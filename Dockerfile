@@ -20,21 +20,24 @@ WORKDIR /src
 # Dependencies first, read from pyproject.toml, so that a change to the code alone reuses this
 # layer. requirements-test.txt is for the test stage below.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; open('requirements.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); open('requirements-test.txt', 'w').write('\n'.join(p['optional-dependencies']['test']) + '\n')" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extra = p['optional-dependencies']; open('requirements.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); open('requirements-test.txt', 'w').write('\n'.join(extra['test'] + extra['devstore']) + '\n')" \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
 
 # Then the project itself, as a wheel (hatchling runs in pip's isolated build environment, so
-# it never lands in /opt/venv). README.md is the package's long description.
+# it never lands in /opt/venv). README.md is the package's long description. The development
+# store (devstore/ and its `devstore` extra, the MongoDB emulator) stays out: in the image the
+# service runs on MONGODB_URL only, and says so if it is unset.
 COPY README.md ./
 COPY service ./service
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/*.whl
 
 # ---------------------------------------------------------------------------------------------
-# test: the same virtualenv plus the `test` extra and the test suite. Not part of the runtime
-# image. Run against the compose MongoDB with `docker compose --profile test run --rm tests`;
-# without TEST_MONGODB_URL it uses the suite's own MongoDB emulator.
+# test: the same virtualenv plus the `test` and `devstore` extras, the development store and
+# the test suite. Not part of the runtime image. Run against the compose MongoDB with
+# `docker compose --profile test run --rm tests`; without TEST_MONGODB_URL it uses the
+# development store's MongoDB emulator.
 FROM builder AS test
 
 RUN /opt/venv/bin/pip install --no-cache-dir -r requirements-test.txt \
@@ -42,6 +45,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir -r requirements-test.txt \
  && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin app
 
+COPY devstore ./devstore
 COPY tests ./tests
 
 ENV PATH="/opt/venv/bin:$PATH"

@@ -108,20 +108,22 @@ def serve(
     """Serve the HTTP API (what `make run` runs)."""
     settings = load_settings()
     logs.configure(settings.log_level, settings.log_format)
+    store: EmbeddedStore | None = None
     try:
-        # Refuse a missing or placeholder SECRET_KEY here, with a plain message, rather than
-        # in a worker's startup traceback; on the embedded store this creates the key file.
-        settings.with_secret_key()
-        store: EmbeddedStore | None = None
         if settings.embedded and settings.embedded_store_url is None:
             # This process owns the store and hands its URL to the app through the
             # environment: with several workers they all share it, and a store that cannot
-            # open (another process has it, its port is taken) is one line here, not a
-            # startup traceback.
+            # open (not installed, another process has it, its port is taken) is one line
+            # here, not a startup traceback.
             store = db.start_embedded_store(settings)
             assert store.url is not None
             os.environ["EMBEDDED_STORE_URL"] = store.url
+        # Refuse a missing or placeholder SECRET_KEY here, with a plain message, rather than
+        # in a worker's startup traceback; on the embedded store this creates the key file.
+        settings.with_secret_key()
     except (ConfigurationError, OSError) as error:
+        if store is not None:
+            store.stop()
         fail(str(error))
     # uvicorn shuts down gracefully on SIGTERM (in-flight requests finish), then sends the
     # signal to itself again; by default that would kill this process before the `finally`

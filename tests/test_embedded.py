@@ -1,9 +1,11 @@
 """The embedded development store, the signing key, and what refuses to start."""
 
 import logging
+import os
 import socket
 import stat
 import subprocess
+import sys
 
 import httpx
 import pytest
@@ -225,3 +227,55 @@ def test_the_embedded_store_still_refuses_duplicate_ids(data_dir, storage):
             assert pairs.count_documents({"a": a}) == 2
     finally:
         store.stop()
+
+
+def serve_without(tmp_path, blocked: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`social-api serve` with no MONGODB_URL, in a process where `blocked` cannot be
+    imported (as in an install without the devstore extra)."""
+    program = (
+        f"import sys; sys.modules[{blocked!r}] = None; "
+        "sys.argv = ['social-api', 'serve', '--port', '0']; "
+        "from service.cli import main; main()"
+    )
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"MONGODB_URL", "EMBEDDED_STORE_URL", "SECRET_KEY"}
+    }
+    environment.update({"DATA_DIR": str(tmp_path / "data"), **env})
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("blocked", ["mongoeco", "devstore"])
+def test_without_the_devstore_extra_serve_says_how_to_get_it_in_one_line(tmp_path, blocked):
+    done = serve_without(tmp_path, blocked)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: MONGODB_URL is not set")
+    assert "pip install 'social-api[devstore]'" in line
+    assert "set MONGODB_URL=" in line
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = serve_without(tmp_path, "nothing.blocked", EMBEDDED_PORT=str(port))
+    assert done.returncode == 1
+    [line] = [text for text in done.stderr.splitlines() if text.startswith("error:")]
+    assert f"127.0.0.1:{port}: the port is taken" in line
+    assert "EMBEDDED_PORT=" in line
+    assert "Traceback" not in done.stderr
+
+
+def test_the_store_listens_on_27018_by_default():
+    assert Settings(_env_file=None).embedded_port == 27018
