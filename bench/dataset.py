@@ -1,13 +1,10 @@
-"""The benchmark's database, data and users: the store, the seed, the search word, the tokens,
-and the (voter, post) pairs that keep every vote new.
+"""The benchmark's database and users: the store, the tokens, and the (voter, post) pairs that
+keep every vote new.
 """
 
 import asyncio
-import json
 import os
-import random
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,18 +12,15 @@ from typing import Any
 
 import httpx
 import pymongo
-from pymongo import UpdateOne
 from pymongo.database import Database as MongoDatabase
 from pymongo.errors import PyMongoError
 
 from bench import report
-from bench.processes import HarnessError, Processes, read_line, run_child
-from service.cli import WORDS
+from bench.processes import HarnessError, Processes, read_line
 from service.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-MARKER = "zephyrine"
 DEMO_PASSWORD = "demo-password"
 VOTER_PASSWORD = "bench voter password"
 HTTP_TIMEOUT_S = 30.0
@@ -42,8 +36,9 @@ class Database:
     external: bool  # MONGODB_URL's server: dropped at the end unless --keep
 
 
-def open_database(processes: Processes) -> Database:
-    """MONGODB_URL's server (its database must be empty), or the embedded store's process."""
+def open_database(processes: Processes, data_dir: Path) -> Database:
+    """MONGODB_URL's server (its database must be empty), or the embedded store on
+    `data_dir` (SQLite, the default engine) in a process of its own."""
     url = os.environ.get("MONGODB_URL", "").strip()
     if url:
         name = os.environ.get("MONGODB_DB", "").strip() or "bench"
@@ -57,20 +52,20 @@ def open_database(processes: Processes) -> Database:
                 )
             try:
                 version = client.server_info().get("version", "of unknown version")
-            except PyMongoError:  # a server without buildInfo (the embedded store has none)
+            except PyMongoError:  # a server without buildInfo
                 version = "of unknown version"
         return Database(url, name, f"MongoDB {version} at MONGODB_URL", external=True)
-    command = [sys.executable, str(ROOT / "bench" / "store.py")]
+    command = [sys.executable, str(ROOT / "bench" / "store.py"), "--data-dir", str(data_dir)]
     store = processes.start("store", command, os.environ.copy(), database=True, pipe_stdout=True)
     try:
-        url = read_line(store, 30)
+        url = read_line(store, 60)
     except HarnessError as error:
         raise HarnessError(f"the embedded store did not start: {error}") from None
     if not url.startswith("mongodb://"):
         raise HarnessError(f"the embedded store printed {url!r}, not a URL")
     engine = f"mongoeco {report.package_version('mongoeco')}"
-    description = f"the embedded store ({engine}, memory engine) in a process of its own"
-    return Database(url, "bench", description, external=False)
+    description = f"the development store ({engine}, SQLite) in a process of its own"
+    return Database(url, "social_api", description, external=False)
 
 
 def drop(database: Database) -> None:
@@ -101,46 +96,6 @@ def service_env(database: Database, secret_key: str) -> dict[str, str]:
         PYTHONPATH=str(ROOT),
     )
     return env
-
-
-def seed_command(users: int, posts: int, votes: int, random_seed: int) -> list[str]:
-    return [
-        str(BIN / "social-api"), "seed", "--users", str(users), "--posts", str(posts),
-        "--votes", str(votes), "--random-seed", str(random_seed),
-    ]  # fmt: skip
-
-
-def seed(command: list[str], env: dict[str, str], directory: Path, say: Say) -> float:
-    """Run `social-api seed`; its time in seconds. Its output goes to seed.log."""
-    say(f"seed: {' '.join(command[1:])}")
-    started = time.perf_counter()
-    with open(directory / "seed.log", "wb") as log:
-        status, _, _ = run_child(command, cwd=directory, env=env, stdout=log, stderr=log)
-    seconds = time.perf_counter() - started
-    output = (directory / "seed.log").read_text(errors="replace").strip()
-    if status != 0:
-        raise HarnessError(f"the seed failed ({status}):\n{output[-3000:]}")
-    say(f"  {output.splitlines()[-1] if output else 'seeded'}; {seconds:.1f} s in all")
-    return seconds
-
-
-def mark_titles(database: MongoDatabase[dict[str, Any]], seed_value: int) -> int:
-    """Append MARKER to the titles of 1% of the posts (a fixed sample); how many.
-
-    The seed writes titles and contents from its own vocabulary (service.cli.WORDS), so a
-    word that is in none of those is nowhere else; checked here rather than by scanning every
-    post, which would keep the embedded store busy while the servers start."""
-    if any(MARKER in word.lower() or word.lower() in MARKER for word in WORDS):
-        raise HarnessError(f"the seed's vocabulary overlaps {MARKER!r}: pick another marker")
-    posts = database["posts"]
-    ids = sorted(row["_id"] for row in posts.find({}, {"_id": 1}))
-    chosen = random.Random(seed_value).sample(ids, max(1, len(ids) // 100))
-    # One `update` command of one statement per post, rather than `update_many` with
-    # `{"_id": {"$in": chosen}}`: the same write, but the embedded store takes 4 s over such
-    # an $in at 10,000 posts, and 0.05 s over the statements.
-    append = [{"$set": {"title": {"$concat": ["$title", f" {MARKER}"]}}}]
-    result = posts.bulk_write([UpdateOne({"_id": post_id}, append) for post_id in chosen])
-    return int(result.modified_count)
 
 
 def published_posts(database: MongoDatabase[dict[str, Any]]) -> list[str]:
@@ -234,26 +189,3 @@ class Voters:
         voter, post = self.pair(self.used)
         self.used += 1
         return self.tokens[voter], post
-
-
-def feed_page(base: str, token: str, post_ids: list[str], say: Say) -> tuple[bytes, str]:
-    """The JSON of `GET /posts/?limit=10` for the bare app, and where it came from.
-
-    If the feed does not answer 200, the same page is made of the ten newest published posts
-    each read with GET /posts/{id}, which answers the same shape, so that the ceiling is still
-    measured (the report says which)."""
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(
-        base_url=base, headers=headers, timeout=HTTP_TIMEOUT_S, trust_env=False
-    ) as http:
-        response = http.get("/posts/", params={"limit": 10})
-        if response.status_code == 200 and len(response.json()) == 10:
-            return response.content, "the API's GET /posts/?limit=10"
-        say(f"  the feed answered {response.status_code}: the page is made of GET /posts/{{id}}")
-        page = []
-        for post_id in post_ids[:10]:
-            one = http.get(f"/posts/{post_id}")
-            if one.status_code != 200:
-                raise HarnessError(f"GET /posts/{post_id}: {one.status_code} {one.text[:300]}")
-            page.append(one.json())
-        return json.dumps(page).encode(), "ten GET /posts/{id} of the API (its feed failed)"

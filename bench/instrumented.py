@@ -1,11 +1,10 @@
-"""The service (or the bare app) wrapped for measurement: database commands and server time
-per request, and event-loop lag.
+"""The service wrapped for measurement: database commands and server time per request, and
+event-loop lag.
 
 `create_service_app` builds the service with `service.main.create_app(settings,
 command_listeners=[recorder])`, settings from the environment as `social-api serve` reads
-them; `create_bare_app` builds `bench.bare_app`, and `create_driver_app` the bare app with the
-feed's database commands. Each is wrapped in `BenchMiddleware`, a pure-ASGI layer outside
-everything else, which per HTTP request:
+them, wrapped in `BenchMiddleware`, a pure-ASGI layer outside everything else, which per HTTP
+request:
 
 - sets a `ContextVar` to a fresh `RequestRecord`; PyMongo calls the recorder's
   `CommandListener` callbacks in the task that awaits the command, which is the request's
@@ -28,9 +27,6 @@ The wrapper itself answers, outside the app:
 - `POST /__bench__/reset`: forget all of that.
 
     .venv/bin/python -m uvicorn bench.instrumented:create_service_app --factory
-    BENCH_FEED_FILE=feed.json .venv/bin/python -m uvicorn bench.instrumented:create_bare_app \
-        --factory
-    .venv/bin/python -m uvicorn bench.instrumented:create_driver_app --factory
 """
 
 import asyncio
@@ -44,7 +40,6 @@ from pymongo import monitoring
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bench import bare_app
 from service.config import Settings
 from service.main import create_app
 
@@ -199,14 +194,3 @@ def create_service_app() -> BenchMiddleware:
     """The service, as `social-api serve` builds it from the environment, wrapped."""
     recorder = CommandRecorder()
     return BenchMiddleware(create_app(Settings(), command_listeners=[recorder]), recorder)
-
-
-def create_bare_app() -> BenchMiddleware:
-    """The bare ceiling app, wrapped the same way (it sends no database command)."""
-    return BenchMiddleware(bare_app.create_app(), CommandRecorder())
-
-
-def create_driver_app() -> BenchMiddleware:
-    """The bare app with the feed's database commands (the floor), wrapped the same way."""
-    recorder = CommandRecorder()
-    return BenchMiddleware(bare_app.create_driver_app([recorder]), recorder)

@@ -1,5 +1,5 @@
-"""The measurements: wrk runs per endpoint, requests one at a time on the instrumented servers,
-and GET /posts/{id} under logins with the event-loop lag.
+"""The measurements with load: wrk runs per endpoint (throughput, for information), and GET
+/posts/{id} under logins with the event-loop lag. Requests one at a time are bench/endpoints.py.
 """
 
 import asyncio
@@ -8,7 +8,7 @@ import json
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import httpx
 
 from bench import report, wrk
-from bench.dataset import DEMO_PASSWORD, MARKER, Say, Voters, client
+from bench.dataset import DEMO_PASSWORD, Say, Voters, client
 from bench.processes import HarnessError, Processes
 
 HTTP_TIMEOUT_S = 30.0
@@ -29,13 +29,10 @@ LAG_CONNECTIONS = 4
 # Endpoint labels, in the order of the report.
 LIST10 = "GET /posts/?limit=10"
 LIST100 = "GET /posts/?limit=100"
-SEARCH = f"GET /posts/?limit=10&search={MARKER}"
 READ = "GET /posts/{id}"
 CREATE = "POST /posts/"
 VOTE = "POST /vote/"
 LOGIN = "POST /login"
-BARE = "bare FastAPI GET /posts/"
-DRIVER = "bare FastAPI + the feed's 2 commands"
 
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -65,16 +62,11 @@ def endpoints(token: str, post_id: str) -> list[Endpoint]:
     return [
         Endpoint(LIST10, "read", "list-10", "GET", "/posts/?limit=10", bearer),
         Endpoint(LIST100, "read", "list-100", "GET", "/posts/?limit=100", bearer),
-        Endpoint(SEARCH, "read", "search", "GET", f"/posts/?limit=10&search={MARKER}", bearer),
         Endpoint(READ, "read", "read", "GET", f"/posts/{post_id}", bearer),
         Endpoint(CREATE, "write", "create", "POST", "/posts/", {**bearer, **JSON}, post),
         Endpoint(VOTE, "write", "vote", "POST", "/vote/", JSON),
         Endpoint(LOGIN, "login", "login", "POST", "/login", FORM, login_form(LOGIN_USERS[0])),
     ]
-
-
-BARE_ENDPOINT = Endpoint(BARE, "read", "bare", "GET", "/posts/")
-DRIVER_ENDPOINT = Endpoint(DRIVER, "read", "driver", "GET", "/posts/")
 
 
 def login_script() -> str:
@@ -154,10 +146,7 @@ class Harness:
     processes: Processes
     say: Say
     api: str
-    bare: str
     instrumented: str
-    instrumented_bare: str
-    instrumented_driver: str
     voters: Voters
     token: str  # demo1's
     connections: int
@@ -281,42 +270,7 @@ def describe(result: wrk.WrkResult) -> str:
     )
 
 
-# --- one request at a time ---------------------------------------------------------------
-
-type Request = tuple[str, str, dict[str, str], str | None]  # method, path, headers, body
-
-
-def requests_of(harness: Harness, endpoint: Endpoint) -> Callable[[], Request]:
-    """Each call: the next request of the endpoint."""
-    if endpoint.label == VOTE:
-
-        def vote() -> Request:
-            token, post_id = harness.voters.take()
-            body = json.dumps({"post_id": post_id, "dir": 1})
-            return "POST", "/vote/", {"Authorization": f"Bearer {token}", **JSON}, body
-
-        return vote
-    if endpoint.label == LOGIN:
-        turns = itertools.cycle(LOGIN_USERS)
-        return lambda: ("POST", "/login", FORM, login_form(next(turns)))
-    return lambda: (endpoint.method, endpoint.path, endpoint.headers, endpoint.body)
-
-
-def sequential(
-    base: str, label: str, make: Callable[[], Request], most: int, seconds: float
-) -> dict[str, Any]:
-    """Requests one at a time, `most` of them or for `seconds` (at least one); what the
-    instrumented server recorded of them."""
-    with httpx.Client(base_url=base, timeout=HTTP_TIMEOUT_S, trust_env=False) as http:
-        http.post("/__bench__/reset").raise_for_status()
-        started = time.monotonic()
-        sent = 0
-        while sent < most and (sent == 0 or time.monotonic() - started < seconds):
-            method, path, headers, body = make()
-            http.request(method, path, headers=headers, content=body)
-            sent += 1
-        stats: dict[str, Any] = http.get("/__bench__/stats").json()
-    return summarize(label, stats)
+# --- commands per request, from the instrumented server ----------------------------------
 
 
 def summarize(label: str, stats: dict[str, Any]) -> dict[str, Any]:

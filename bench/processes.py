@@ -65,6 +65,12 @@ class Processes:
                     f"{name} exited with {process.returncode}; see {self.directory / name}.log"
                 )
 
+    def stop_servers(self) -> None:
+        """Stop the servers alone (SIGTERM, then SIGKILL after DATABASE_GRACE_S): a
+        `social-api serve` on the embedded store closes its store on the way out."""
+        _stop([process for _, process in self.servers], DATABASE_GRACE_S)
+        self.servers = []
+
     def stop_all(self) -> None:
         """SIGTERM to every server, SIGKILL to those still running after SERVER_GRACE_S
         (requests the measurements left in flight are not worth waiting for); then the

@@ -1,12 +1,12 @@
 """The embedded store in a process of its own, for the benchmark.
 
-Runs `service.db.EmbeddedStore` with the memory engine in a temporary directory, prints its
-wire URL on one line of stdout, then serves until it is terminated (SIGTERM or SIGINT), when
-it stops the store and removes the directory. A process of its own on purpose: it plays the
-part PostgreSQL plays for the reference figures, a database server that is not the API's
-process, so the API's event loop does not also run the database.
+Runs `devstore.EmbeddedStore` on DATA_DIR's SQLite file (the default engine; `--storage
+memory` for the memory engine in a temporary directory), prints its wire URL on one line of
+stdout, then serves until it is terminated (SIGTERM or SIGINT), when it stops the store. A
+process of its own on purpose: a database server that is not the API's process, so that the
+API's CPU time per request is the API's alone.
 
-    .venv/bin/python bench/store.py [--port 0]
+    .venv/bin/python bench/store.py --data-dir DIR [--storage sqlite] [--port 0]
 """
 
 import argparse
@@ -24,6 +24,8 @@ from devstore import EmbeddedStore
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="loopback port (0: a free one)")
+    parser.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite")
+    parser.add_argument("--data-dir", type=Path, help="the store's directory (kept)")
     args = parser.parse_args()
 
     stop = threading.Event()
@@ -33,15 +35,16 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    directory = Path(tempfile.mkdtemp(prefix="bench-store-"))
-    store = EmbeddedStore("memory", directory, args.port)
+    directory = args.data_dir or Path(tempfile.mkdtemp(prefix="bench-store-"))
+    store = EmbeddedStore(args.storage, directory, args.port)
     try:
         print(store.start(), flush=True)
         while not stop.wait(1.0):
             pass
     finally:
         store.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        if args.data_dir is None:
+            shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 

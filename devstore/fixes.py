@@ -7,12 +7,16 @@ without it, so that it can go once mongoeco has it.
 
 import inspect
 import sqlite3
+from collections import Counter
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from bson import Int64, ObjectId
+from mongoeco.api._async.aggregation_cursor import AsyncAggregationCursor
+from mongoeco.api.operations import compile_find_operation
+from mongoeco.compat import MONGODB_DIALECT_70
 from mongoeco.core import sorting
 from mongoeco.core.bson_scalars import BsonInt64
 from mongoeco.core.filtering import QueryEngine
@@ -278,6 +282,77 @@ class FixedSQLiteEngine(SQLiteEngine):
         return found
 
 
+# Query operators a `$unionWith`'s opening `$match` may use to be read as a find: plain
+# comparisons of stored values, nothing that evaluates expressions or variables.
+_FIND_OPERATORS = frozenset({"$and", "$or", "$in", "$eq", "$gt", "$gte", "$lt", "$lte", "$exists"})
+
+
+def _plain_filter(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(
+            (not key.startswith("$") or key in _FIND_OPERATORS) and _plain_filter(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return all(_plain_filter(item) for item in value)
+    return True
+
+
+def union_filters(pipeline: object) -> dict[str, dict[str, Any]]:
+    """The collections an aggregation names once only, in a `$unionWith` whose pipeline
+    opens with a plain `$match`: that match, by collection."""
+    named: Counter[object] = Counter()
+    filters: dict[str, dict[str, Any]] = {}
+
+    def walk(stages: object) -> None:
+        for stage in stages if isinstance(stages, list) else []:
+            for name, spec in stage.items() if isinstance(stage, dict) else ():
+                inner = spec.get("pipeline") if isinstance(spec, dict) else None
+                if name == "$unionWith":
+                    collection = spec.get("coll") if isinstance(spec, dict) else spec
+                    named[collection] += 1
+                    first = inner[0] if isinstance(inner, list) and inner else {}
+                    match = first.get("$match") if isinstance(first, dict) else None
+                    one = isinstance(collection, str) and len(first) == 1
+                    if one and isinstance(match, dict) and _plain_filter(match):
+                        filters[str(collection)] = match
+                elif name in ("$lookup", "$graphLookup") and isinstance(spec, dict):
+                    named[spec.get("from")] += 1
+                elif name == "$facet" and isinstance(spec, dict):
+                    for branch in spec.values():
+                        walk(branch)
+                walk(inner)
+
+    walk(pipeline)
+    return {name: match for name, match in filters.items() if named[name] == 1}
+
+
+_load_collection_documents = AsyncAggregationCursor._load_collection_documents
+
+
+async def load_collection_documents(self: Any, collection_name: str) -> list[Any]:
+    """The documents of a collection an aggregation joins, read through the `$match` that
+    opens the `$unionWith` naming it.
+
+    mongoeco reads every document of such a collection, copies each, and only then runs the
+    union's pipeline over them: a login's count, a union with the window's attempts and the
+    sessions, cost a pass over both whole collections (0.13 ms more per stored session). When
+    the collection is named once, by a union whose pipeline opens with a plain `$match`, and
+    there is no collation, it is read as a find with that filter (through the indexes): the
+    union's pipeline, that `$match` included, then runs as before on what it can use.
+    """
+    match = union_filters(self._effective_pipeline()).get(collection_name)
+    if match is None or self._collation is not None:
+        documents: list[Any] = await _load_collection_documents(self, collection_name)
+        return documents
+    dialect = getattr(self._collection, "mongodb_dialect", MONGODB_DIALECT_70)
+    operation = compile_find_operation(
+        match, comment=self._comment, max_time_ms=self._max_time_ms, dialect=dialect
+    )
+    scan = self._scan_collection_with_operation(collection_name, operation)
+    return [document async for document in scan]
+
+
 @cache
 def _takes_wrappers(decode: Any) -> bool:
     """Whether a codec's `decode` takes `preserve_bson_wrappers` (as mongoeco asks it)."""
@@ -318,6 +393,7 @@ def wire_server(path: Path | None, host: str, port: int) -> proxy.AsyncMongoEcoP
         if not getattr(validators[command], "takes_int64", False):
             validators[command] = _taking_int64_cursor_ids(validators[command])
     sorting._compare_sort_values = compare_sort_values
+    AsyncAggregationCursor._load_collection_documents = load_collection_documents  # type: ignore[method-assign]
     engine = MemoryEngine() if path is None else FixedSQLiteEngine(str(path))
     return proxy.AsyncMongoEcoProxyServer(
         engine=engine,

@@ -1,13 +1,12 @@
-"""The benchmark's pure helpers (bench/wrk.py, bench/report.py): wrk's report as wrk 4.1
-prints it, the Lua literals, the verdicts against the reference, and the notes block that
-regeneration keeps."""
+"""The benchmark's pure helpers (bench/wrk.py, bench/report.py, bench/endpoints.py,
+bench/default_store.py): wrk's report as wrk 4.1 prints it, the Lua literals, a process's CPU time
+from /proc, the development store's targets, and the notes block that regeneration keeps."""
 
 from pathlib import Path
 
 import pytest
 
-from bench import report, wrk
-from bench.run import floor_note
+from bench import default_store, endpoints, report, wrk
 
 # wrk 4.1.0 with --latency and the benchmark's tally, against a fast endpoint.
 FAST = """\
@@ -143,26 +142,39 @@ def test_vote_script_lists_the_tokens() -> None:
     assert "{TOKENS}" not in script
 
 
-def _row(rps: float, p99: float | None, reference: tuple[float, float | None]) -> dict[str, object]:
+def test_verdicts() -> None:
+    assert report.verdict(True) == "PASS"
+    assert report.verdict(False) == "**FAIL**"
+    assert report.verdict(None) == "n/a"
+
+
+def test_cpu_time_comes_from_utime_and_stime() -> None:
+    # A command name with spaces and parentheses, as the kernel writes it.
+    stat = "4242 (python (x) y) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 9 0 77"
+    ticks = endpoints.CLOCK_TICKS
+    assert endpoints.cpu_ms_of_stat(stat) == (250 + 50) * 1000 / ticks
+
+
+def _store(seed_s: float, demo_vote: float, big_vote: float, search: float) -> dict[str, object]:
+    demo = [
+        {"label": endpoints.VOTE, "kind": "write", "p50_ms": demo_vote},
+        {"label": endpoints.SEARCH, "kind": "search", "p50_ms": search},
+        {"label": endpoints.LOGIN, "kind": "password", "p50_ms": 250.0},
+    ]
     return {
-        "kind": "read",
-        "rps": rps,
-        "p99_ms": p99,
-        "failures": 0,
-        "reference": {"rps": reference[0], "p99_ms": reference[1]},
+        "seed_stopped_s": seed_s,
+        "seed_running_s": seed_s,
+        "demo": demo,
+        "big": [{"label": endpoints.VOTE, "kind": "write", "p50_ms": big_vote}],
     }
 
 
-def test_verdicts() -> None:
-    assert report.verdict(_row(40, 500, (37, 595))) == "yes"
-    assert report.verdict(_row(40, 600, (37, 595))) == "**no** (p99)"
-    assert report.verdict(_row(30, 600, (37, 595))) == "**no** (throughput and p99)"
-    assert report.verdict(_row(16, 9000, (15, None))) == "yes"  # no reference p99
-    assert report.verdict(_row(14, 1, (15, None))) == "**no**"
-    failed = {**_row(400, 1, (15, None)), "failures": 3}
-    assert report.verdict(failed) == "**no**: 3 failed answers"
-    login = {**_row(9, None, (9.1, None)), "kind": "login"}
-    assert report.verdict(login).startswith("not compared")
+def test_the_development_store_targets() -> None:
+    held = [t["holds"] for t in default_store.targets(_store(15, 10, 14.9, 99))]
+    assert held == [True, True, True, True, True, None]  # seeds, growth, vote, search, login
+    missed = default_store.targets(_store(31, 10, 15.1, 101))
+    assert [t["holds"] for t in missed] == [False, False, False, True, False, None]
+    assert missed[2]["value"] == "1.51x (15.1 ms against 10.0 ms)"
 
 
 def test_notes_survive_regeneration(tmp_path: Path) -> None:
@@ -191,12 +203,3 @@ def test_throughput_and_shares_are_readable() -> None:
     assert report.percent(2200, 4400) == "50%"
     assert report.percent(3.8, 4407) == "0.086%"
     assert report.percent(1, None) == "n/a"
-
-
-def test_the_feed_target_names_the_floor_beside_it() -> None:
-    """The bare app with the feed's commands is shown next to the ratio, not in its place."""
-    bare = {"server_ms": 0.25, "outside_ms": 0.25}
-    driver = {"server_ms": 4.0, "outside_ms": 1.0}
-    assert floor_note(driver, bare) == "; the bare app with the feed's 2 commands: 1.00 ms, 4.0x"
-    assert floor_note(None, bare) == ""
-    assert floor_note({"outside_ms": None}, bare) == ""

@@ -271,3 +271,41 @@ def test_reading_documents_asks_the_codec_signature_at_most_once(store, work):
     things.insert_many([{"tag": ObjectId(), "n": n} for n in range(300)])
     asked = cost(work, "signatures", lambda: list(things.find({"n": {"$gte": 0}})))
     assert asked <= 1
+
+
+def test_a_union_reads_only_what_its_opening_match_selects(store, work):
+    """A login's count: `users` matched by index, then unions with attempts and sessions."""
+    database = store["devstore"]
+    database["people"].insert_one({"email": "ada@example.com"})
+    tokens = database["tokens"]
+    tokens.create_index([("key", 1), ("at", 1)])
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    tokens.insert_many(
+        [{"key": f"k{n % 50}", "at": start + timedelta(seconds=n)} for n in range(LARGE)]
+    )
+
+    def union(match: dict[str, Any]) -> list[dict[str, Any]]:
+        pipeline = [
+            {"$match": {"email": "ada@example.com"}},
+            {"$project": {"_id": 0, "email": 1}},
+            {
+                "$unionWith": {
+                    "coll": "tokens",
+                    "pipeline": [
+                        {"$match": match},
+                        {"$group": {"_id": "$key", "n": {"$sum": 1}, "last": {"$max": "$at"}}},
+                    ],
+                }
+            },
+        ]
+        return list(database["people"].aggregate(pipeline))
+
+    plain = {"key": {"$in": ["k1", "k2"]}, "at": {"$gt": start}}
+    found: list[dict[str, Any]] = []
+    decoded = cost(work, "decoded", lambda: found.extend(union(plain)))
+    assert decoded < 100, decoded  # the 80 documents selected, not all 2,000
+    # The same answer as mongoeco's own path, which an `$expr` filter still takes.
+    expression = {"$expr": {"$and": [{"$in": ["$key", ["k1", "k2"]]}, {"$gt": ["$at", start]}]}}
+    stock = union(expression)
+    assert sorted(found, key=str) == sorted(stock, key=str)
+    assert {row.get("_id"): row.get("n") for row in found} == {None: None, "k1": 40, "k2": 40}
