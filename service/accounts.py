@@ -18,11 +18,15 @@ document update, ordered so that a failure halfway leaves the tokens refused, ne
 """
 
 import logging
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any
 
 from beanie import PydanticObjectId
-from pymongo import ReturnDocument
+from beanie.odm.queries.update import UpdateResponse
+from beanie.operators import In
+from pydantic import BaseModel, Field
+from pymongo.results import DeleteResult
 
 from service.config import Settings
 from service.models import LoginAttempt, Post, RefreshToken, TokenPair, User, Vote, id_of
@@ -93,14 +97,12 @@ async def refresh_session(refresh_token: str, settings: Settings) -> TokenPair:
     """
     now = utc_now()
     digest = digest_refresh_token(refresh_token)
-    tokens = RefreshToken.get_pymongo_collection()
-    # Exchanging is one atomic update: of two simultaneous uses of one token, one gets it.
-    raw = await tokens.find_one_and_update(
-        {"token_hash": digest, "used_at": None, "revoked_at": None, "expires_at": {"$gt": now}},
-        {"$set": {"used_at": now}},
-        return_document=ReturnDocument.AFTER,
-    )
-    if raw is None:
+    # Exchanging is one atomic update (findAndModify): of two simultaneous uses of one token,
+    # one gets it.
+    used = await RefreshToken.find_one(
+        {"token_hash": digest, "used_at": None, "revoked_at": None, "expires_at": {"$gt": now}}
+    ).update({"$set": {"used_at": now}}, response_type=UpdateResponse.NEW_DOCUMENT)
+    if not isinstance(used, RefreshToken):  # None: no such live token
         replayed = await RefreshToken.find_one(RefreshToken.token_hash == digest)
         if replayed is not None and replayed.used_at is not None:
             logger.warning(
@@ -110,7 +112,6 @@ async def refresh_session(refresh_token: str, settings: Settings) -> TokenPair:
             )
             await end_session(replayed.user_id, replayed.family_id, settings)
         raise RefreshRefused
-    used = RefreshToken.model_validate(raw)
     user = await User.get(used.user_id)
     if user is None or not user.session_is_live(used.family_id, used.epoch, now):
         raise RefreshRefused
@@ -144,6 +145,8 @@ async def end_session(user_id: PydanticObjectId, session_id: str, settings: Sett
     }
     # One pipeline update: drop the entries whose tokens have all expired, append this one
     # (and give a user written before sessions existed its epoch, as the migration would).
+    # PyMongo: Beanie's update() takes update documents only (typed Mapping, and its docs show
+    # no pipeline form), and the expiry filter needs the pipeline's $filter.
     await User.get_pymongo_collection().update_one(
         {"_id": user_id},
         [
@@ -180,17 +183,16 @@ async def end_all_sessions(
             "session_epoch": unchanged.session_epoch,
             "hashed_password": unchanged.hashed_password,
         }
-    raw = await User.get_pymongo_collection().find_one_and_update(
-        match,
+    updated = await User.find_one(match).update(
         {"$inc": {"session_epoch": 1}, "$set": {"revoked_sessions": [], **(also_set or {})}},
-        return_document=ReturnDocument.AFTER,
+        response_type=UpdateResponse.NEW_DOCUMENT,
     )
-    if raw is None:
+    if not isinstance(updated, User):  # None: nothing matched
         return None
-    await RefreshToken.get_pymongo_collection().update_many(
-        {"user_id": user_id, "revoked_at": None}, {"$set": {"revoked_at": utc_now()}}
+    await RefreshToken.find({"user_id": user_id, "revoked_at": None}).update_many(
+        {"$set": {"revoked_at": utc_now()}}
     )
-    return User.model_validate(raw)
+    return updated
 
 
 async def delete_account(user: User) -> bool:
@@ -211,47 +213,62 @@ async def delete_account(user: User) -> bool:
     if await end_all_sessions(user_id, unchanged=user) is None:
         return False
     await _delete_content(user_id)
-    await LoginAttempt.get_pymongo_collection().delete_many({"key": email_key(user.email)})
-    await RefreshToken.get_pymongo_collection().delete_many({"user_id": user_id})
-    await User.get_pymongo_collection().delete_one({"_id": user_id})
+    await LoginAttempt.find(LoginAttempt.key == email_key(user.email)).delete()
+    await RefreshToken.find(RefreshToken.user_id == user_id).delete()
+    await user.delete()
     # A request of this user that was authenticated before the sessions ended may still have
     # written a post or vote since; without transactions, a second pass is what sweeps it up.
     await _delete_content(user_id)
     return True
 
 
+class _Id(BaseModel):
+    """A projection: a document's id alone."""
+
+    id: PydanticObjectId = Field(alias="_id")
+
+
+class _VoteOn(_Id):
+    """A projection: a vote's id and its post."""
+
+    post_id: PydanticObjectId
+
+
 async def _delete_content(user_id: PydanticObjectId) -> None:
     """The user's posts, the votes on them, and the user's votes (with the counts they made)."""
-    posts = Post.get_pymongo_collection()
-    post_ids = [row["_id"] async for row in posts.find({"owner_id": user_id}, {"_id": 1})]
+    post_ids = [row.id async for row in Post.find(Post.owner_id == user_id, projection_model=_Id)]
     # Published posts are counted off by what each command deleted (drafts are counted on the
     # user document, which goes too). A post published or unpublished meanwhile is left by one
     # filter and taken by the other on the next round.
     while True:
-        published = await posts.delete_many({"owner_id": user_id, "published": True})
-        await count_posts(user_id, published=True, delta=-published.deleted_count)
-        drafts = await posts.delete_many({"owner_id": user_id, "published": False})
-        if not published.deleted_count and not drafts.deleted_count:
+        published = await _deleted(Post.find({"owner_id": user_id, "published": True}).delete())
+        await count_posts(user_id, published=True, delta=-published)
+        drafts = await _deleted(Post.find({"owner_id": user_id, "published": False}).delete())
+        if not published and not drafts:
             break
-    votes = Vote.get_pymongo_collection()
     for start in range(0, len(post_ids), BATCH):
-        await votes.delete_many({"post_id": {"$in": post_ids[start : start + BATCH]}})
+        await Vote.find(In(Vote.post_id, post_ids[start : start + BATCH])).delete()
     # Each of the user's votes is taken back one by one, so that the count goes down exactly
     # once per vote deleted here, even when the user's own request takes the same vote back
     # at the same moment (one of the two deletes it, and only that one counts it).
     counted: list[PydanticObjectId] = []
-    async for row in votes.find({"user_id": user_id}, {"post_id": 1}):
-        if await votes.find_one_and_delete({"_id": row["_id"]}, projection={"_id": 1}):
-            counted.append(row["post_id"])
+    async for row in Vote.find(Vote.user_id == user_id, projection_model=_VoteOn):
+        if await _deleted(Vote.find_one(Vote.id == row.id).delete()):
+            counted.append(row.post_id)
     # One vote per user and post: each post in the list lost exactly one vote.
     for start in range(0, len(counted), BATCH):
-        await posts.update_many(
-            {"_id": {"$in": counted[start : start + BATCH]}}, {"$inc": {"votes": -1}}
+        await Post.find(In(Post.id, counted[start : start + BATCH])).update_many(
+            {"$inc": {"votes": -1}}
         )
 
 
+async def _deleted(deletion: Awaitable[DeleteResult | None]) -> int:
+    """How many documents a Beanie delete removed (None only for a bulk writer's)."""
+    result = await deletion
+    return result.deleted_count if result is not None else 0
+
+
 async def _revoke_family(user_id: PydanticObjectId, session_id: str, now: datetime) -> None:
-    await RefreshToken.get_pymongo_collection().update_many(
-        {"family_id": session_id, "user_id": user_id, "revoked_at": None},
-        {"$set": {"revoked_at": now}},
-    )
+    await RefreshToken.find(
+        {"family_id": session_id, "user_id": user_id, "revoked_at": None}
+    ).update_many({"$set": {"revoked_at": now}})

@@ -13,6 +13,11 @@ The API keeps them in step as it writes. They are derived here from `users` and 
 A vote cast while a post is being recounted can make its count off by one, so every post
 that changed is checked again until its count holds still (at most `PASSES` times); the
 tallies likewise.
+
+All of it goes through PyMongo, on the database it is given: the start-up migration runs it
+before init_beanie (service/db.py, `initialise`), when Beanie's documents are not bound yet
+(CollectionWasNotInitialized) or, in a process that bound them before, bound to another
+database.
 """
 
 import logging

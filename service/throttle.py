@@ -51,12 +51,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from beanie import PydanticObjectId
+from beanie import BulkWriter, PydanticObjectId
 from bson import ObjectId
-from pymongo import UpdateOne
 
 from service.config import Settings
-from service.models.base import utc_now
+from service.models.base import id_of, utc_now
 from service.models.session import LoginAttempt, PasswordCheck, RefreshToken
 from service.models.user import User
 from service.security import HASH_WORKERS, verify_password
@@ -142,16 +141,13 @@ async def check_password(
     """
     window = timedelta(seconds=settings.login_failure_window_seconds)
     keys = (email_key(email), address_key(host))
-    attempts = LoginAttempt.get_pymongo_collection()
     started = utc_now()
-    written = await attempts.insert_one(
-        {"key": keys[0], "at": started, "expires_at": started + window, "failed": None}
-    )
-    own = PydanticObjectId(written.inserted_id)
+    attempt = await LoginAttempt(key=keys[0], at=started, expires_at=started + window).insert()
+    own = id_of(attempt)
     async with _check_slot():
         now = utc_now()
         pipeline = _count_pipeline(account_email, *keys, since=now - window)
-        rows = await (await User.get_pymongo_collection().aggregate(pipeline)).to_list()
+        rows = await User.aggregate(pipeline).to_list()
         account, counted = _counted(rows, own)
         limits = {
             keys[0]: settings.login_max_failures_per_email,
@@ -163,7 +159,7 @@ async def check_password(
             if len(others) + 1 > limits[key]
         ]
         if waits:
-            await attempts.delete_one({"_id": own})
+            await attempt.delete()
             raise TooManyAttempts(max(1, math.ceil(max(waits))))
         stored = hashed_password if hashed_password is not None else _hash_of(account)
         valid = await verify_password(password, stored, settings)
@@ -171,12 +167,13 @@ async def check_password(
             # Both records in one `update` command: the address's is an upsert of a new id.
             failed = utc_now()
             record = {"key": keys[1], "at": failed, "expires_at": failed + window, "failed": True}
-            await attempts.bulk_write(
-                [
-                    UpdateOne({"_id": own}, {"$set": {"failed": True}}),
-                    UpdateOne({"_id": ObjectId()}, {"$setOnInsert": record}, upsert=True),
-                ]
-            )
+            async with BulkWriter(object_class=LoginAttempt) as bulk:
+                await LoginAttempt.find_one(LoginAttempt.id == own).update(
+                    {"$set": {"failed": True}}, bulk_writer=bulk
+                )
+                await LoginAttempt.find_one(LoginAttempt.id == ObjectId()).update(
+                    {"$setOnInsert": record}, bulk_writer=bulk, upsert=True
+                )
     # Should the password be right, the success discounts this attempt and the email's
     # failures counted here: by their ids, not by time, so no two clocks are compared.
     reset = [PydanticObjectId(attempt_id) for attempt_id, _ in counted.get(keys[0], [])]
@@ -195,10 +192,10 @@ def _count_pipeline(
     """The account, the email's attempts, the address's failures and the email's successes
     that discount its attempts, in one round trip.
 
-    Based on `users` with its unique email index: the embedded store (mongoeco) reads the
-    whole collection that a `$unionWith` names, so the large collection is the one matched
-    by index and the unions name the smaller ones (see the README). A None email matches no
-    account: every stored one is a string (the collection's validator requires it).
+    Based on `users` with its unique email index, and each union opening with its filter:
+    the development store reads a union's collection through that filter (see the README),
+    as MongoDB reads it through its index. A None email matches no account: every stored one
+    is a string (the collection's validator requires it).
     """
     return [
         {"$match": {"email": email}},

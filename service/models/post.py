@@ -109,7 +109,7 @@ class Post(Document, PostBase):
                 *order,
                 {"$facet": {"total": [{"$count": "n"}], "items": page}},
             ]
-            [result] = await (await cls.get_pymongo_collection().aggregate(pipeline)).to_list()
+            [result] = await cls.aggregate(pipeline).to_list()
             total = result["total"][0]["n"] if result["total"] else 0
             rows = result["items"]
         else:
@@ -120,7 +120,7 @@ class Post(Document, PostBase):
                 *page,
                 {"$unionWith": {"coll": COUNTERS, "pipeline": [published]}},
             ]
-            rows = await (await cls.get_pymongo_collection().aggregate(pipeline)).to_list()
+            rows = await cls.aggregate(pipeline).to_list()
             counted = [row for row in rows if row.get("_id") == PUBLISHED_COUNTER]
             rows = [row for row in rows if row.get("_id") != PUBLISHED_COUNTER]
             total = (counted[0].get("value", 0) if counted else 0) + viewer_drafts

@@ -1,8 +1,9 @@
 """Posts: the feed, one post, and create, replace and delete for their owner."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query, Response, status
+from pymongo.results import UpdateResult
 
 from service.deps import CurrentUser, OwnedPostDep, VisiblePostDep, no_such_post
 from service.models import Post, PostCreate, PostOut, PostPublic, PostUpdate, Vote, id_of
@@ -68,16 +69,21 @@ async def create_post(post_in: PostCreate, user: CurrentUser) -> PostPublic:
     return PostPublic.of(post)
 
 
+async def _replaced(post: Post, changes: dict[str, Any]) -> bool:
+    """Whether `changes` were written: only while the post's `published` is as read."""
+    result = await Post.find_one({"_id": post.id, "published": post.published}).update(
+        {"$set": changes}
+    )
+    return isinstance(result, UpdateResult) and result.matched_count > 0
+
+
 @router.put("/{post_id}", responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND})
 async def update_post(post: OwnedPostDep, post_in: PostUpdate) -> PostPublic:
     """Replace your post's title, content and published flag."""
     changes = post_in.model_dump()
-    posts = Post.get_pymongo_collection()
     # Written only if `published` is still what was read, so that of two simultaneous changes
     # of it each moves the tallies by what it actually changed.
-    while not (
-        await posts.update_one({"_id": post.id, "published": post.published}, {"$set": changes})
-    ).matched_count:
+    while not await _replaced(post, changes):
         again = await Post.get(post.id)
         if again is None:
             raise no_such_post(post.id)
@@ -95,6 +101,8 @@ async def update_post(post: OwnedPostDep, post_in: PostUpdate) -> PostPublic:
 )
 async def delete_post(post: OwnedPostDep) -> None:
     """Delete your post and the votes on it."""
+    # PyMongo: Beanie has no find_one_and_delete, and the count to move depends on whether
+    # the post as deleted was published.
     deleted = await Post.get_pymongo_collection().find_one_and_delete(
         {"_id": post.id}, projection={"published": 1}
     )
