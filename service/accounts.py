@@ -30,7 +30,7 @@ from pymongo.results import DeleteResult
 
 from service.config import Settings
 from service.models import LoginAttempt, Post, RefreshToken, TokenPair, User, Vote, id_of
-from service.models.base import utc_now
+from service.models.base import new_id, utc_now
 from service.models.session import PasswordCheck
 from service.security import (
     access_token_lifetime,
@@ -70,6 +70,7 @@ async def start_session(
     session_id = session_id or new_session_id()
     refresh_token = new_refresh_token()
     await RefreshToken(
+        id=new_id(),
         token_hash=digest_refresh_token(refresh_token),
         family_id=session_id,
         user_id=id_of(user),

@@ -55,7 +55,7 @@ from beanie import BulkWriter, PydanticObjectId
 from bson import ObjectId
 
 from service.config import Settings
-from service.models.base import id_of, utc_now
+from service.models.base import id_of, new_id, utc_now
 from service.models.session import LoginAttempt, PasswordCheck, RefreshToken
 from service.models.user import User
 from service.security import HASH_WORKERS, verify_password
@@ -142,7 +142,8 @@ async def check_password(
     window = timedelta(seconds=settings.login_failure_window_seconds)
     keys = (email_key(email), address_key(host))
     started = utc_now()
-    attempt = await LoginAttempt(key=keys[0], at=started, expires_at=started + window).insert()
+    attempt = LoginAttempt(id=new_id(), key=keys[0], at=started, expires_at=started + window)
+    await attempt.insert()
     own = id_of(attempt)
     async with _check_slot():
         now = utc_now()

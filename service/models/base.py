@@ -38,6 +38,16 @@ def utc_now() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def new_id() -> PydanticObjectId:
+    """The id of a document about to be inserted, given before `insert()`.
+
+    Left to the driver, the id comes back as a bson ObjectId, which Beanie turns into its
+    PydanticObjectId through a pydantic TypeAdapter built anew on every insert: about 0.2 ms
+    of the API's CPU per insert (POST /vote/, the API process's CPU over 600 votes each way).
+    """
+    return PydanticObjectId()
+
+
 def id_of(document: Document) -> PydanticObjectId:
     """A stored document's id; Beanie types `id` optional for documents not inserted yet."""
     if document.id is None:

@@ -7,6 +7,7 @@ from pymongo.results import UpdateResult
 
 from service.deps import CurrentUser, OwnedPostDep, VisiblePostDep, no_such_post
 from service.models import Post, PostCreate, PostOut, PostPublic, PostUpdate, Vote, id_of
+from service.models.base import new_id
 from service.models.post import PostOwner
 from service.routing import CollectionRouter, Responses, error
 from service.tallies import count_posts
@@ -64,6 +65,7 @@ async def create_post(post_in: PostCreate, user: CurrentUser) -> PostPublic:
     """Write a post; `published: false` keeps it a draft only you can see."""
     owner = PostOwner(email=user.email, created_at=user.created_at)
     post = Post(**post_in.model_dump(), owner_id=id_of(user), owner=owner)
+    post.id = new_id()
     await post.insert()
     await count_posts(post.owner_id, published=post.published, delta=1)
     return PostPublic.of(post)

@@ -14,7 +14,7 @@ from service.models import (
     UserPublic,
     id_of,
 )
-from service.models.base import IdIn
+from service.models.base import IdIn, new_id
 from service.models.session import PasswordCheck
 from service.routers.auth import INVALID_CREDENTIALS, THROTTLED
 from service.routing import CollectionRouter, Responses, error
@@ -36,6 +36,7 @@ async def create_user(user_in: UserCreate, settings: SettingsDep) -> UserPublic:
         email=user_in.email,
         hashed_password=await hash_password(user_in.password, settings),
     )
+    user.id = new_id()
     try:
         await user.insert()
     except DuplicateKeyError:

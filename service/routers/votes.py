@@ -14,6 +14,7 @@ from pymongo.errors import DuplicateKeyError
 
 from service.deps import CurrentUser
 from service.models import Message, Post, Vote, VoteCreate, id_of
+from service.models.base import new_id
 from service.routing import CollectionRouter, error
 
 router = CollectionRouter(prefix="/vote", tags=["Vote"])
@@ -45,7 +46,7 @@ def no_such_post(vote_in: VoteCreate) -> HTTPException:
 
 async def add_vote(vote_in: VoteCreate, user: CurrentUser) -> None:
     user_id = id_of(user)
-    vote = Vote(post_id=vote_in.post_id, user_id=user_id)
+    vote = Vote(id=new_id(), post_id=vote_in.post_id, user_id=user_id)
     try:
         await vote.insert()
     except DuplicateKeyError:
