@@ -193,8 +193,8 @@ def _cpu_section(results: dict[str, Any]) -> list[str]:
     return [
         "## The API's CPU time per request",
         "",
-        "`social-api serve` (one worker, the service's defaults) on the large store, which runs "
-        f"in a process of its own ({results['service_store']}). One request at a time; the "
+        "`social-api serve` (one worker, the service's defaults) on the large data set: "
+        f"{results['service_store']}. One request at a time; the "
         "API process's user and system time (`/proc/<pid>/stat`, every thread) over an "
         "endpoint's requests, divided by their number: the service's own work per request "
         "(routing, validation, tokens, the driver, the log line), without the database's. "
