@@ -82,6 +82,7 @@ def main() -> int:
         env.update(
             DATA_DIR=str(Path(directory) / "data"),
             EMBEDDED_STORAGE="memory",
+            EMBEDDED_PORT="0",  # any free port: a developer's own store may hold 27018
             BCRYPT_ROUNDS=str(args.rounds),
             LOGIN_MAX_FAILURES_PER_EMAIL="1000000",
             LOGIN_MAX_FAILURES_PER_ADDRESS="1000000",
