@@ -21,13 +21,44 @@ from mongoeco.core import sorting
 from mongoeco.core.bson_scalars import BsonInt64
 from mongoeco.core.filtering import QueryEngine
 from mongoeco.core.paths import get_document_value
-from mongoeco.core.query_plan import AndCondition, EqualsCondition, QueryNode
+from mongoeco.core.query_plan import (
+    AndCondition,
+    EqualsCondition,
+    ExistsCondition,
+    GreaterThanCondition,
+    GreaterThanOrEqualCondition,
+    InCondition,
+    LessThanCondition,
+    LessThanOrEqualCondition,
+    OrCondition,
+    QueryNode,
+)
 from mongoeco.engines.memory import MemoryEngine
 from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.engines.sqlite_query import index_expressions_sql, json_path_for_field
 from mongoeco.engines.virtual_indexes import document_in_virtual_index
 from mongoeco.wire import _executor_validation, proxy
 from mongoeco.wire.cursors import WireCursorStore
+
+_COMPARISONS = (
+    EqualsCondition,
+    GreaterThanCondition,
+    GreaterThanOrEqualCondition,
+    LessThanCondition,
+    LessThanOrEqualCondition,
+)
+
+
+def _plain_plan(node: QueryNode) -> bool:
+    """Whether mongoeco's matcher answers `node` the same with no variables and any dialect:
+    comparisons with a value (not null), `$in`, `$exists`, and `$and`/`$or` of those."""
+    if isinstance(node, AndCondition | OrCondition):
+        return all(_plain_plan(clause) for clause in node.clauses)
+    if isinstance(node, _COMPARISONS):
+        return node.value is not None
+    if isinstance(node, InCondition):
+        return None not in node.values
+    return isinstance(node, ExistsCondition)
 
 
 def _one_form(value: object) -> bool:
@@ -133,11 +164,14 @@ class FixedSQLiteEngine(SQLiteEngine):
         if collection_id is None:
             return None
         values = [get_document_value(document, field) for field in index["fields"]]
-        if not all(found and _one_form(value) for found, value in values):
+        dotted = any("." in field for field in index["fields"])  # may go through a DBRef
+        if dotted or not all(found and _one_form(value) for found, value in values):
             return None
         expressions = [e for field in index["fields"] for e in index_expressions_sql(field)]
         probe = f"SELECT {', '.join(expressions)} FROM (SELECT ? AS document)"
         keys = conn.execute(probe, (self._serialize_document(document),)).fetchone()
+        if keys is None or None in keys:
+            return None
         namespace = conn.execute(
             "SELECT db_name, coll_name FROM collections WHERE collection_id = ?",
             (collection_id,),
@@ -172,7 +206,7 @@ class FixedSQLiteEngine(SQLiteEngine):
         mongoeco reads a lone `_id` by its key, but turns any filter that has more into SQL
         over every document of the collection. Only the document with that `_id` can match:
         it is read as mongoeco reads a lone `_id`, then tested against the whole filter by
-        mongoeco's own matcher.
+        mongoeco's own matcher, when the filter is made of plain comparisons.
         """
         by_id = next(
             (
@@ -182,7 +216,9 @@ class FixedSQLiteEngine(SQLiteEngine):
             ),
             None,
         )
-        if by_id is None or options.get("hint") is not None:
+        # Anything the matcher might answer otherwise without the operation's variables and
+        # dialect (`$expr`, `$ne`, null...) goes mongoeco's way, which has them.
+        if by_id is None or options.get("hint") is not None or not _plain_plan(plan):
             return super()._select_first_document_for_plan(db_name, coll_name, plan, **options)
         found = super()._select_first_document_for_plan(db_name, coll_name, by_id, **options)
         if found is None or not QueryEngine.match_plan(found[1], plan):
@@ -256,8 +292,8 @@ class FixedSQLiteEngine(SQLiteEngine):
             (
                 index
                 for index in self._load_indexes(db_name, coll_name)
-                if index["fields"][0] == field
-                and index.get("physical_name")
+                if index.get("physical_name")
+                and index["fields"][:1] == [field]
                 and not index.get("sparse")
                 and index.get("partial_filter_expression") is None
             ),
@@ -310,7 +346,7 @@ def union_filters(pipeline: object) -> dict[str, dict[str, Any]]:
                 inner = spec.get("pipeline") if isinstance(spec, dict) else None
                 if name == "$unionWith":
                     collection = spec.get("coll") if isinstance(spec, dict) else spec
-                    named[collection] += 1
+                    named[collection] += 1  # None: the enclosing collection, whichever
                     first = inner[0] if isinstance(inner, list) and inner else {}
                     match = first.get("$match") if isinstance(first, dict) else None
                     one = isinstance(collection, str) and len(first) == 1
@@ -324,6 +360,8 @@ def union_filters(pipeline: object) -> dict[str, dict[str, Any]]:
                 walk(inner)
 
     walk(pipeline)
+    if named[None]:  # a union of the enclosing collection: which one is not worked out here
+        return {}
     return {name: match for name, match in filters.items() if named[name] == 1}
 
 
@@ -342,7 +380,11 @@ async def load_collection_documents(self: Any, collection_name: str) -> list[Any
     union's pipeline, that `$match` included, then runs as before on what it can use.
     """
     match = union_filters(self._effective_pipeline()).get(collection_name)
-    if match is None or self._collation is not None:
+    # And named once among what mongoeco itself plans to read for the aggregation.
+    requests = getattr(getattr(self, "_pipeline", None), "requests", None) or ()
+    reads = [r for r in requests if getattr(r, "operator", None) == "documents"]
+    once = sum(getattr(r, "collection", None) == collection_name for r in reads) == 1
+    if match is None or not once or self._collation is not None:
         documents: list[Any] = await _load_collection_documents(self, collection_name)
         return documents
     dialect = getattr(self._collection, "mongodb_dialect", MONGODB_DIALECT_70)
@@ -362,6 +404,14 @@ def _takes_wrappers(decode: Any) -> bool:
         return False
 
 
+def _same_offset(left: datetime, right: datetime) -> bool:
+    """Two datetimes that Python orders as instants: both naive (BSON's, decoded), or both
+    at one UTC offset."""
+    return (left.tzinfo is None) == (right.tzinfo is None) and (
+        left.tzinfo is None or left.utcoffset() == right.utcoffset()
+    )
+
+
 _compare_sort_values = sorting._compare_sort_values
 
 
@@ -378,7 +428,7 @@ def compare_sort_values(left: Any, right: Any, **options: Any) -> int:
     if (
         options.get("collation") is None
         and kind is type(right)
-        and (isinstance(left, ObjectId) or (kind is datetime and left.tzinfo == right.tzinfo))
+        and (isinstance(left, ObjectId) or (kind is datetime and _same_offset(left, right)))
     ):
         return int(left > right) - int(left < right)
     result: int = _compare_sort_values(left, right, **options)

@@ -78,7 +78,8 @@ class EmbeddedStore:
                 loop.call_soon_threadsafe(stop.set)
         if self._thread.is_alive():
             self._thread.join(timeout=30)
-        self._unlock()
+        if not self._thread.is_alive():  # a store still closing keeps its lock
+            self._unlock()
 
     def _lock(self) -> None:
         # Two stores on one DATA_DIR would corrupt one SQLite file (caches, index catalogue)
@@ -88,8 +89,10 @@ class EmbeddedStore:
         handle = (self.data_dir / LOCK_FILE).open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as error:
             handle.close()
+            if not isinstance(error, BlockingIOError):
+                raise
             raise StoreError(
                 f"the embedded store of {self.data_dir.resolve()} is already open in another "
                 "process. Run several workers with `social-api serve --workers N` (they share "

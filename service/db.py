@@ -49,8 +49,9 @@ def start_embedded_store(settings: Settings) -> "EmbeddedStore":
     """
     try:
         import devstore
-    except ImportError as error:
-        if not (error.name or "").startswith(("devstore", "mongoeco")):
+    except ModuleNotFoundError as error:
+        # Only the packages themselves missing; a broken install of them is its own error.
+        if error.name not in {"devstore", "mongoeco"}:
             raise
         raise ConfigurationError(
             "MONGODB_URL is not set and the embedded development store is not installed: "
@@ -85,18 +86,20 @@ async def connect(
     if url is None:
         store = await asyncio.to_thread(start_embedded_store, settings)
         url = store.url
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        url,
-        tz_aware=True,
-        serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
-        timeoutMS=settings.mongodb_timeout_ms if bounded else None,
-        appname="social-api",
-        event_listeners=list(listeners),
-    )
-    try:
-        yield client[settings.mongodb_db]
+    try:  # from here on, whatever fails stops the store
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            url,
+            tz_aware=True,
+            serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
+            timeoutMS=settings.mongodb_timeout_ms if bounded else None,
+            appname="social-api",
+            event_listeners=list(listeners),
+        )
+        try:
+            yield client[settings.mongodb_db]
+        finally:
+            await client.close()
     finally:
-        await client.close()
         if store is not None:
             await asyncio.to_thread(store.stop)
 

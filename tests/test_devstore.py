@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bson import Int64, ObjectId
+from bson import DBRef, Int64, ObjectId
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from mongoeco.core import sorting
@@ -309,3 +309,36 @@ def test_a_union_reads_only_what_its_opening_match_selects(store, work):
     stock = union(expression)
     assert sorted(found, key=str) == sorted(stock, key=str)
     assert {row.get("_id"): row.get("n") for row in found} == {None: None, "k1": 40, "k2": 40}
+
+
+def test_the_fixes_answer_as_mongoeco_where_they_step_aside(store):
+    """Filters with variables, unions of the enclosing collection, and unique indexes on a
+    path through a DBRef still get mongoeco's own answers."""
+    database = store["devstore"]
+    things = database["things"]
+    things.insert_many([{"_id": 5, "a": 1}, {"a": 2}, {"a": None}, {}])
+    # `let` variables reach an `$expr` beside an `_id`.
+    updated = database.command(
+        "update",
+        "things",
+        updates=[{"q": {"_id": 5, "$expr": {"$eq": ["$a", "$$v"]}}, "u": {"$set": {"b": 1}}}],
+        let={"v": 1},
+    )
+    assert updated["n"] == 1 and things.find_one({"_id": 5})["b"] == 1
+    # A `$unionWith` with no `coll` reads the enclosing collection, filters and all.
+    database["other"].insert_one({"o": 1})
+    pipeline = [
+        {"$unionWith": {"coll": "things", "pipeline": [
+            {"$match": {"a": 1}}, {"$unionWith": {"pipeline": [{"$match": {"a": 2}}]}},
+        ]}},
+        {"$project": {"_id": 0}},
+    ]  # fmt: skip
+    found = list(database["other"].aggregate(pipeline))
+    assert sorted(found, key=str) == sorted([{"o": 1}, {"a": 1, "b": 1}, {"a": 2}], key=str)
+    # A compound unique index through a DBRef refuses a duplicate.
+    refs = database["refs"]
+    refs.create_index([("r.$id", 1), ("u", 1)], unique=True)
+    target = ObjectId()
+    refs.insert_one({"r": DBRef("x", target), "u": "a"})
+    with pytest.raises(DuplicateKeyError):
+        refs.insert_one({"r": DBRef("x", target), "u": "a"})

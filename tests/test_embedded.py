@@ -232,10 +232,18 @@ def test_the_embedded_store_still_refuses_duplicate_ids(data_dir, storage):
 def serve_without(tmp_path, blocked: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`social-api serve` with no MONGODB_URL, in a process where `blocked` cannot be
     imported (as in an install without the devstore extra)."""
-    program = (
-        f"import sys; sys.modules[{blocked!r}] = None; "
-        "sys.argv = ['social-api', 'serve', '--port', '0']; "
-        "from service.cli import main; main()"
+    program = "\n".join(
+        [
+            "import sys",
+            "class Missing:  # as Python answers for a package that is not installed",
+            "    def find_spec(self, name, path=None, target=None):",
+            f"        if name.partition('.')[0] == {blocked!r}:",
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)",
+            "sys.meta_path.insert(0, Missing())",
+            "sys.argv = ['social-api', 'serve', '--port', '0']",
+            "from service.cli import main",
+            "main()",
+        ]
     )
     environment = {
         key: value
