@@ -67,6 +67,18 @@ def serve(processes: Processes, name: str, data_dir: Path) -> tuple[str, int, st
     return base, process.pid, f"mongodb://127.0.0.1:{store_port}/?directConnection=true"
 
 
+def one_client(base: str, cases: list[endpoints.Case], say: Say) -> list[dict[str, Any]]:
+    """Each case's requests, one at a time, from one client: the results as dicts."""
+    client = endpoints.Client(base)
+    try:
+        rows = [endpoints.run_case(client, case) for case in cases]
+    finally:
+        client.close()
+    for row in rows:
+        say(f"  {row.label:<42} p50 {row.p50_ms:8.1f} ms  {dict(row.statuses)}")
+    return [row.as_dict() for row in rows]
+
+
 def measure(processes: Processes, say: Say) -> dict[str, Any]:
     """Everything above; the results, and the big store's directory as `big_data_dir`."""
     directory = processes.directory
@@ -84,14 +96,7 @@ def measure(processes: Processes, say: Say) -> dict[str, Any]:
     say(f"  {results['seed_running_s']:.1f} s")
 
     say("default store: every endpoint, one client, at the demo size")
-    client = endpoints.Client(base)
-    try:
-        demo = [endpoints.run_case(client, case) for case in endpoints.catalogue()]
-    finally:
-        client.close()
-    for row in demo:
-        say(f"  {row.label:<42} p50 {row.p50_ms:8.1f} ms  {dict(row.statuses)}")
-    results["demo"] = [row.as_dict() for row in demo]
+    results["demo"] = one_client(base, endpoints.catalogue(), say)
     processes.stop_servers()
 
     say("default store: seed 10,000 posts and 50,000 votes into a stopped store")
@@ -99,15 +104,8 @@ def measure(processes: Processes, say: Say) -> dict[str, Any]:
     results["seed_big_s"] = seed(BIG, default_env(big), directory, "seed-3.log")
     say(f"  {results['seed_big_s']:.1f} s")
     base, _, _ = serve(processes, "big", big)
-    client = endpoints.Client(base)
-    try:
-        writes = [c for c in endpoints.catalogue() if c.label in (endpoints.VOTE, endpoints.CREATE)]
-        large = [endpoints.run_case(client, case) for case in writes]
-    finally:
-        client.close()
-    for row in large:
-        say(f"  {row.label:<42} p50 {row.p50_ms:8.1f} ms at the big size")
-    results["big"] = [row.as_dict() for row in large]
+    writes = [c for c in endpoints.catalogue() if c.label in (endpoints.VOTE, endpoints.CREATE)]
+    results["big"] = one_client(base, writes, say)
     processes.stop_servers()
     results["big_data_dir"] = str(big)
     return results

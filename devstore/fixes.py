@@ -106,7 +106,6 @@ def _taking_int64_cursor_ids(validate: Any) -> Any:
             ]
         validate(body, command)
 
-    validator.takes_int64 = True  # type: ignore[attr-defined]
     return validator
 
 
@@ -404,14 +403,6 @@ def _takes_wrappers(decode: Any) -> bool:
         return False
 
 
-def _same_offset(left: datetime, right: datetime) -> bool:
-    """Two datetimes that Python orders as instants: both naive (BSON's, decoded), or both
-    at one UTC offset."""
-    return (left.tzinfo is None) == (right.tzinfo is None) and (
-        left.tzinfo is None or left.utcoffset() == right.utcoffset()
-    )
-
-
 _compare_sort_values = sorting._compare_sort_values
 
 
@@ -428,22 +419,31 @@ def compare_sort_values(left: Any, right: Any, **options: Any) -> int:
     if (
         options.get("collation") is None
         and kind is type(right)
-        and (isinstance(left, ObjectId) or (kind is datetime and _same_offset(left, right)))
+        # Dates at one UTC offset (both naive, as BSON's decode) order as instants.
+        and (
+            isinstance(left, ObjectId)
+            or (kind is datetime and left.utcoffset() == right.utcoffset())
+        )
     ):
         return int(left > right) - int(left < right)
     result: int = _compare_sort_values(left, right, **options)
     return result
 
 
-def wire_server(path: Path | None, host: str, port: int) -> proxy.AsyncMongoEcoProxyServer:
-    """A wire server on the SQLite file at `path`, or in memory when it is None."""
+@cache
+def install() -> None:
+    """The fixes that replace parts of mongoeco's own modules, once per process."""
     proxy.WireCursorStore = Int64CursorStore  # type: ignore[attr-defined]
     validators = _executor_validation._WIRE_COMMAND_VALIDATORS
     for command in ("getMore", "killCursors"):
-        if not getattr(validators[command], "takes_int64", False):
-            validators[command] = _taking_int64_cursor_ids(validators[command])
+        validators[command] = _taking_int64_cursor_ids(validators[command])
     sorting._compare_sort_values = compare_sort_values
     AsyncAggregationCursor._load_collection_documents = load_collection_documents  # type: ignore[method-assign]
+
+
+def wire_server(path: Path | None, host: str, port: int) -> proxy.AsyncMongoEcoProxyServer:
+    """A wire server on the SQLite file at `path`, or in memory when it is None."""
+    install()
     engine = MemoryEngine() if path is None else FixedSQLiteEngine(str(path))
     return proxy.AsyncMongoEcoProxyServer(
         engine=engine,

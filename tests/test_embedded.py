@@ -190,9 +190,9 @@ def test_workers_share_one_embedded_store(tmp_path):
 
 @pytest.mark.parametrize("storage", ["memory", "sqlite"])
 def test_the_embedded_store_still_refuses_duplicate_ids(data_dir, storage):
-    """Its engines (service/embedded_engine.py) skip mongoeco's by-value scan of every _id for
-    ObjectIds; a duplicate ObjectId must still be refused, and other ids still get the full
-    check."""
+    """The store's fixes (devstore/fixes.py) skip mongoeco's by-value scan of every _id for
+    ObjectIds and check compound unique indexes by lookup; a duplicate must still be refused,
+    and other ids still get the full check."""
     store = EmbeddedStore(storage, data_dir)
     url = store.start()
     try:
