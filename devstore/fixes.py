@@ -35,7 +35,11 @@ from mongoeco.core.query_plan import (
 )
 from mongoeco.engines.memory import MemoryEngine
 from mongoeco.engines.sqlite import SQLiteEngine
-from mongoeco.engines.sqlite_query import index_expressions_sql, json_path_for_field
+from mongoeco.engines.sqlite_query import (
+    index_expressions_sql,
+    json_path_for_field,
+    translate_query_plan,
+)
 from mongoeco.engines.virtual_indexes import document_in_virtual_index
 from mongoeco.wire import _executor_validation, proxy
 from mongoeco.wire.cursors import WireCursorStore
@@ -267,6 +271,41 @@ class FixedSQLiteEngine(SQLiteEngine):
             )
         return found
 
+    def _sort_requires_python(
+        self, db_name: str, coll_name: str, plan: QueryNode, sort: Any
+    ) -> bool:
+        """Whether a sorted read must sort in Python, without reading every match for it.
+
+        Before each sorted read mongoeco reads every document the filter matches (the whole
+        feed) for an array, an embedded document or a wide number in a sort field. When no
+        document of the collection holds one in any (top-level) sort field, as an index on
+        the field tells, none of the matches does: only mongoeco's other checks remain.
+        """
+        fields = [field for field, _ in sort or ()]
+        if not fields or not all(self._plain_sort_values(db_name, coll_name, f) for f in fields):
+            return super()._sort_requires_python(db_name, coll_name, plan, sort)
+        translate_query_plan(plan)  # a filter SQL cannot take raises, as in mongoeco's check
+        return self._plan_has_array_traversing_paths(db_name, coll_name, plan)
+
+    def _plain_sort_values(self, db_name: str, coll_name: str, field: str) -> bool:
+        """Whether no stored document holds, in top-level `field`, a value SQLite does not
+        sort as BSON does: an array, an embedded document, or a tagged number, binary or
+        undefined (the first two are JSON text from "[" and "{" in the index)."""
+        if "." in field:
+            return False
+        kind, value = index_expressions_sql(field)
+        found = self._through_index(
+            db_name,
+            coll_name,
+            f"unplain_sort_values:{field}",
+            field,
+            f"({kind} IN ('int64', 'decimal', 'decimal128', 'decimal128_public', 'bytes', "
+            f"'undefined') OR ({kind} = '' AND ({value} >= '[' AND {value} < '\\' "
+            f"OR {value} >= '{{' AND {value} < '|')))",
+            (),
+        )
+        return found is False
+
     def _through_index(
         self,
         db_name: str,
@@ -276,28 +315,28 @@ class FixedSQLiteEngine(SQLiteEngine):
         condition: str,
         parameters: tuple[object, ...],
     ) -> bool | None:
-        """A feature of the stored documents, answered through an index that leads with
-        `field`, and cached as mongoeco caches it; None if no index can answer.
+        """A feature of the stored documents, answered through an index on `field`, and
+        cached as mongoeco caches it; None if no index can answer.
 
         mongoeco answers such questions (its query planner asks them before most reads and
-        writes) by reading the whole collection, and forgets the answer on every write to
-        it: each write made the next command read the collection once per field and
-        question. An index whose first field is `field` holds the same answer in order.
+        writes) by reading and parsing every document of the collection, and forgets the
+        answer on every write to it: each write made the next command read the collection
+        once per field and question. An index that leads with `field` holds the same answer
+        in order; one that holds it further on, in entries far smaller than the documents.
         """
         key = (db_name, coll_name, feature)
         if key in self._collection_features_cache:
             return bool(self._collection_features_cache[key])
-        index = next(
-            (
-                index
-                for index in self._load_indexes(db_name, coll_name)
-                if index.get("physical_name")
-                and index["fields"][:1] == [field]
-                and not index.get("sparse")
-                and index.get("partial_filter_expression") is None
-            ),
-            None,
-        )
+        whole = [
+            index
+            for index in self._load_indexes(db_name, coll_name)
+            if index.get("physical_name")
+            and field in index["fields"]
+            and not index.get("sparse")
+            and index.get("partial_filter_expression") is None
+        ]
+        # One that leads with the field, or else the one with the fewest fields.
+        index = min(whole, key=lambda i: (i["fields"][0] != field, len(i["fields"])), default=None)
         if index is None:
             return None
         query = (

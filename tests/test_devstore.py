@@ -35,7 +35,8 @@ SMALL, LARGE = 200, 2_000
 class Work(Counter[str]):
     """What the engine did: `decoded` documents, SQLite `steps` (virtual-machine
     instructions, counted while `measuring`), `compared` sort values by mongoeco's general
-    comparison, `signatures` asked of its codec."""
+    comparison, `signatures` asked of its codec, `sort_scans` (mongoeco's check before a
+    sorted read, which reads every match)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -60,6 +61,7 @@ def work(monkeypatch: pytest.MonkeyPatch) -> Work:
     connect = FixedSQLiteEngine._create_sqlite_connection
     compare = sorting.compare_with_collation
     signature = inspect.signature
+    sort_check = SQLiteEngine._sort_requires_python
 
     def deserialize_counted(self: Any, *args: Any, **kwargs: Any) -> Any:
         counted["decoded"] += 1
@@ -81,6 +83,11 @@ def work(monkeypatch: pytest.MonkeyPatch) -> Work:
             counted["signatures"] += 1
         return signature(function, *args, **kwargs)
 
+    def sort_check_counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counted["sort_scans"] += 1
+        return sort_check(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteEngine, "_sort_requires_python", sort_check_counted)
     monkeypatch.setattr(SQLiteEngine, "_deserialize_document", deserialize_counted)
     monkeypatch.setattr(FixedSQLiteEngine, "_create_sqlite_connection", connect_counted)
     monkeypatch.setattr(sorting, "compare_with_collation", compare_counted)
@@ -264,6 +271,43 @@ def test_dates_and_ids_sort_as_bson_orders_them_without_the_general_comparison(s
     things.insert_one({"_id": ObjectId(), "at": "not a date", "t": "x"})
     assert next(things.find(search).sort("at", 1))["at"] == "not a date"
     assert work["compared"] > 0
+
+
+def test_a_sorted_read_of_plain_values_does_not_read_every_match_first(store, work):
+    """The feed: `published OR owner`, newest first, on the service's indexes. Each index
+    holds `at` and `_id`, so it tells that no post holds an array or embedded document
+    there; a post that does sends the read mongoeco's way, and the order stays BSON's."""
+    posts = store["devstore"]["posts"]
+    posts.create_index([("published", 1), ("at", -1), ("_id", -1)])
+    posts.create_index([("owner", 1), ("at", -1), ("_id", -1)])
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    owner = ObjectId()
+    rows = [
+        {"published": n % 3 > 0, "owner": owner if n % 7 == 0 else ObjectId(),
+         "at": start + timedelta(minutes=n)}
+        for n in range(LARGE)
+    ]  # fmt: skip
+    posts.insert_many(rows)
+    seen = [row["at"] for row in rows if row["published"] or row["owner"] == owner]
+    feed = {"$or": [{"published": True}, {"owner": owner}]}
+    order = [("at", -1), ("_id", -1)]
+
+    def page() -> list[Any]:
+        return [row["at"] for row in posts.find(feed).sort(order).limit(3)]
+
+    found: list[Any] = []
+    assert cost(work, "sort_scans", lambda: found.extend(page())) == 0
+    assert found == sorted(seen, reverse=True)[:3]
+    newest = max(seen)
+    # An array sorts by its greatest element when descending, by its least ascending; an
+    # embedded document before every date (BSON's order of types), whatever it holds.
+    later = newest + timedelta(days=1)
+    posts.insert_one({"published": True, "at": [start - timedelta(days=1), later]})
+    posts.insert_one({"published": True, "at": {"not": "a date"}})
+    assert cost(work, "sort_scans", page) > 0
+    assert page() == [[start - timedelta(days=1), later], newest, sorted(seen)[-2]]
+    ascending = [row["at"] for row in posts.find(feed).sort([("at", 1), ("_id", 1)]).limit(2)]
+    assert ascending == [{"not": "a date"}, [start - timedelta(days=1), later]]
 
 
 def test_reading_documents_asks_the_codec_signature_at_most_once(store, work):
