@@ -46,6 +46,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir -r requirements-test.txt \
         --shell /usr/sbin/nologin app
 
 COPY devstore ./devstore
+COPY docs ./docs
 COPY tests ./tests
 
 ENV PATH="/opt/venv/bin:$PATH"

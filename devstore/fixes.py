@@ -1,8 +1,8 @@
 """mongoeco's wire server and engines, with the fixes this service needs.
 
 Each fix is one wrong answer, or one cost that grows with a collection on a path the service
-takes, put right at the narrowest seam; each is listed in the README with the test that fails
-without it, so that it can go once mongoeco has it.
+takes, put right at the narrowest seam; each is listed in docs/development-store.md with the
+test that fails without it, so that it can go once mongoeco has it.
 """
 
 import inspect

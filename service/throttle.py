@@ -194,9 +194,9 @@ def _count_pipeline(
     that discount its attempts, in one round trip.
 
     Based on `users` with its unique email index, and each union opening with its filter:
-    the development store reads a union's collection through that filter (see the README),
-    as MongoDB reads it through its index. A None email matches no account: every stored one
-    is a string (the collection's validator requires it).
+    the development store reads a union's collection through that filter (see
+    docs/development-store.md), as MongoDB reads it through its index. A None email matches
+    no account: every stored one is a string (the collection's validator requires it).
     """
     return [
         {"$match": {"email": email}},

@@ -1,8 +1,9 @@
 """The development store's fixes to mongoeco, each on the SQLite engine (the default).
 
-Each test fails on stock mongoeco 4.11: the README lists which test goes with which fix. The
-costs are counted, not timed: documents the engine decodes, SQLite virtual-machine steps
-(deterministic for the same data), and calls of the slow path a fix avoids. A write must cost
+Each test fails on stock mongoeco 4.11: docs/development-store.md lists which test goes with
+which fix. The costs are counted, not timed: documents the engine decodes, SQLite
+virtual-machine steps (deterministic for the same data), and calls of the slow path a fix
+avoids. A write must cost
 the same with ten times the documents; stock mongoeco's grows with them.
 """
 

@@ -34,9 +34,10 @@ async def attempt(
 
 
 async def counted(key: str) -> list[dict[str, Any]]:
-    """The key's stored attempts that count, oldest first, by the rule the README states: all
-    but those a success lists (its own, and the failures of its email it reset). Successes are
-    recorded on refresh tokens (`password_check`), not by deleting attempts."""
+    """The key's stored attempts that count, oldest first, by the rule that
+    docs/sessions-and-throttling.md states: all but those a success lists (its own, and the
+    failures of its email it reset). Successes are recorded on refresh tokens
+    (`password_check`), not by deleting attempts."""
     successes = (
         await RefreshToken.get_pymongo_collection()
         .find({"password_check": {"$type": "object"}})
