@@ -24,6 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, ConnectionFailure, OperationFailure
 from pymongo.monitoring import CommandListener
 
+from service import logs
 from service.config import ConfigurationError, Settings
 from service.derived import derive_post_fields, derive_tallies
 from service.models import DOCUMENTS
@@ -65,7 +66,7 @@ def start_embedded_store(settings: Settings) -> "EmbeddedStore":
         store.start()
     except devstore.StoreError as error:
         raise ConfigurationError(str(error)) from None
-    logger.warning("\n%s", devstore.banner(store, settings.mongodb_db))
+    logger.warning("%s", devstore.banner(store, settings.mongodb_db), extra=logs.BLOCK)
     return store
 
 

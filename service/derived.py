@@ -130,7 +130,8 @@ async def _derive_tallies(database: AsyncDatabase[dict[str, Any]], *, only_lacki
             await counters.update_one(
                 {"_id": PUBLISHED_COUNTER}, {"$set": {"value": published}}, upsert=True
             )
-            changed += 1
+            # A new database's count starting at zero corrected nothing.
+            changed += kept is not None or published > 0
     lacking = {"drafts": {"$exists": False}} if only_lacking else {}
     rows = await users.find(lacking, {"drafts": 1}).to_list()
     if not rows:

@@ -1,4 +1,5 @@
-"""Logging: one JSON line per record (or plain text for a terminal), and request ids."""
+"""Logging: plain text for a person at a terminal, one JSON line per record for everything
+else (containers, CI, files), and request ids."""
 
 import json
 import logging
@@ -29,7 +30,12 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
     "asctime",
     "request_id",
     "color_message",  # uvicorn's copy of the message with terminal colours
+    "block",
 }
+
+# `extra=BLOCK`: a message of several lines, written by the service itself (the start-up
+# banner), that plain text shows as lines rather than escaped.
+BLOCK = {"block": True}
 
 
 class RequestIdFilter(logging.Filter):
@@ -67,7 +73,13 @@ def _escaped(value: object) -> str:
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{record.levelname} {record.name}: {_escaped(record.getMessage())}"
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        message = record.getMessage()
+        if getattr(record, "block", False):
+            text = "\n".join(f"    {_escaped(part)}" for part in message.strip("\n").split("\n"))
+            line = f"{stamp} {record.levelname} {record.name}:\n{text}"
+        else:
+            line = f"{stamp} {record.levelname} {record.name}: {_escaped(message)}"
         fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
         rid = getattr(record, "request_id", None)
         if rid:
@@ -79,11 +91,19 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str, fmt: Literal["json", "text"]) -> None:
+def resolved_format(fmt: Literal["auto", "json", "text"]) -> Literal["json", "text"]:
+    """`auto`: plain text when stderr is a terminal, JSON lines otherwise."""
+    if fmt != "auto":
+        return fmt
+    return "text" if sys.stderr.isatty() else "json"
+
+
+def configure(level: str, fmt: Literal["auto", "json", "text"]) -> None:
     """Send every logger, uvicorn's included, through one handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    text = resolved_format(fmt) == "text"
+    handler.setFormatter(TextFormatter() if text else JSONFormatter())
     handler.set_name("service")
     root = logging.getLogger()
     # Replace only our own handler, so that calling this again (each app, each worker) keeps

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import httpx
 import pytest
@@ -54,7 +55,7 @@ async def test_text_format_carries_the_same_fields(client, caplog):
     await client.get("/healthz", headers={"X-Request-ID": "req-2"})
     [record] = access_records(caplog)
     text = logs.TextFormatter().format(record)
-    assert text.startswith("INFO service.access: GET /healthz 200 request_id=req-2")
+    assert re.match(r"\d\d:\d\d:\d\d INFO service.access: GET /healthz 200 request_id=req-2 ", text)
     assert "latency_ms=" in text
 
 
