@@ -1,13 +1,14 @@
 """HTTP tests for /users: registration, normalisation, password rules, hashing, reads."""
 
 import asyncio
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from service.models import User
+from service.models import User, UserCreate
 from tests.factories import DEFAULT_PASSWORD, create_user, login, register
 
 MISSING_ID = "0123456789abcdef01234567"
@@ -94,6 +95,34 @@ async def test_invalid_email_is_422(client: httpx.AsyncClient, email: object) ->
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "email"]
     assert await count_users() == 0
+
+
+@pytest.mark.parametrize(
+    "email", ["ann@example.test", "ann@qa.example", "Ann@x.INVALID", "ann@dev.localhost"]
+)
+async def test_the_reserved_test_domains_are_addresses_like_any_other(
+    client: httpx.AsyncClient, email: str
+) -> None:
+    """RFC 2606's names for tests and documentation: clients use them in their fixtures."""
+    response = await client.post("/users/", json={"email": email, "password": DEFAULT_PASSWORD})
+
+    assert response.status_code == 201, response.text
+    assert response.json()["email"] == email.lower()
+    assert await login(client, email, DEFAULT_PASSWORD)
+
+
+@pytest.mark.parametrize("email", ["ann@printer.local", "ann@x.onion", "ann@1.0.10.in-addr.arpa"])
+async def test_the_other_special_use_domains_are_422_as_the_schema_says(
+    client: httpx.AsyncClient, email: str
+) -> None:
+    response = await client.post("/users/", json={"email": email, "password": DEFAULT_PASSWORD})
+
+    assert response.status_code == 422
+    assert "special-use or reserved name" in response.json()["detail"][0]["msg"]
+    assert await count_users() == 0
+    pattern = UserCreate.model_json_schema()["properties"]["email"]["pattern"]
+    assert not re.search(pattern, email)
+    assert re.search(pattern, "ann@example.test")
 
 
 @pytest.mark.parametrize(
