@@ -81,7 +81,7 @@ bench: $(VENV)/.stamp-bench
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service devstore
+	$(BIN)/mypy service devstore bench tests
 
 format: $(VENV)/.stamp-dev
 	$(BIN)/ruff check --fix .

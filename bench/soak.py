@@ -590,8 +590,8 @@ def check_consistency(
         for post_id, n in counts.items()
         if n != per_post[ObjectId(post_id)]
     ]
-    for post_id, api, stored in wrong[:10]:
-        failures.append(f"post {post_id}: the API says {api} votes, votes holds {stored}")
+    for post_id, api, held in wrong[:10]:
+        failures.append(f"post {post_id}: the API says {api} votes, votes holds {held}")
     if wrong:
         failures.append(f"{len(wrong)} posts with a wrong vote count in all")
     hidden = len(posts) - len(counts) - len(problems)

@@ -46,7 +46,7 @@ def make_settings(mongodb_url: str, mongodb_db: str, **overrides: Any) -> Settin
         "bcrypt_rounds": 4,  # the lowest bcrypt allows: the suite tests logic, not cost
         "log_level": "WARNING",
     }
-    return Settings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg]
+    return Settings(_env_file=None, **{**values, **overrides})
 
 
 @pytest.fixture(scope="session")

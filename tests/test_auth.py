@@ -1,6 +1,8 @@
 """Login, and how every protected route treats bad or missing tokens."""
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import jwt
@@ -9,6 +11,7 @@ from asgi_lifespan import LifespanManager
 from beanie import PydanticObjectId
 
 from service import security
+from service.config import Settings
 from service.main import create_app
 from service.models import User
 from tests.conftest import TEST_SECRET_KEY
@@ -58,11 +61,12 @@ async def test_wrong_password_and_unknown_email_get_the_same_403(client):
 
 
 class SpyVerifier:
-    def __init__(self, real):
-        self.real, self.hashes = real, []
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.hashes: list[str] = []
 
-    def verify(self, password, hashed):
-        result = self.real.verify(password, hashed)  # a refusal raises before any hashing
+    def verify(self, password: str, hashed: str) -> bool:
+        result: bool = self.real.verify(password, hashed)  # a refusal raises before any hashing
         self.hashes.append(hashed)
         return result
 
@@ -130,9 +134,14 @@ async def test_missing_or_non_bearer_header_is_not_authenticated(client, headers
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-def _token(claims_update=None, key=TEST_SECRET_KEY, algorithm="HS256", drop=()):
+def _token(
+    claims_update: dict[str, Any] | None = None,
+    key: str | None = TEST_SECRET_KEY,
+    algorithm: str = "HS256",
+    drop: Iterable[str] = (),
+) -> str:
     now = datetime.now(UTC)
-    claims = {
+    claims: dict[str, Any] = {
         "sub": str(PydanticObjectId()),
         "iat": now,
         "exp": now + timedelta(minutes=5),
@@ -144,7 +153,7 @@ def _token(claims_update=None, key=TEST_SECRET_KEY, algorithm="HS256", drop=()):
     return jwt.encode(claims, key, algorithm=algorithm)
 
 
-async def _assert_rejected(client, token):
+async def _assert_rejected(client: httpx.AsyncClient, token: str) -> None:
     response = await client.get("/users/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert response.json() == {"detail": "Could not validate credentials"}
@@ -270,7 +279,7 @@ async def test_login_with_something_that_is_not_an_email_is_403(client):
     assert response.json() == {"detail": "Invalid Credentials"}
 
 
-async def _login_with(settings, email):
+async def _login_with(settings: Settings, email: str) -> None:
     app = create_app(settings)
     async with (
         LifespanManager(app),
@@ -284,8 +293,12 @@ async def test_login_raises_a_weaker_hash_to_the_configured_cost(client, setting
     await register(client, "old@example.com")  # hashed at the suite's cost, 4
     stored = User.get_pymongo_collection()
     await _login_with(settings.model_copy(update={"bcrypt_rounds": 5}), "old@example.com")
-    raised = (await stored.find_one({"email": "old@example.com"}))["hashed_password"]
+    raised_user = await stored.find_one({"email": "old@example.com"})
+    assert raised_user is not None
+    raised = raised_user["hashed_password"]
     assert raised.startswith("$2b$05$")
     await _login_with(settings, "old@example.com")  # a stronger hash than configured stays
-    kept = (await stored.find_one({"email": "old@example.com"}))["hashed_password"]
+    kept_user = await stored.find_one({"email": "old@example.com"})
+    assert kept_user is not None
+    kept = kept_user["hashed_password"]
     assert kept == raised

@@ -81,7 +81,7 @@ def test_parse_fast_run() -> None:
     assert result.seconds == pytest.approx(10.0)
     assert result.rps == pytest.approx(3755.21)
     assert result.latency_ms == pytest.approx({50: 4.04, 75: 4.38, 90: 0.85, 99: 8.83})
-    assert (result.p50, result.p99) == (pytest.approx(4.04), pytest.approx(8.83))
+    assert (result.p50, result.p99) == pytest.approx((4.04, 8.83))
     assert result.non_2xx == 0
     assert result.socket_errors == {"connect": 0, "read": 0, "write": 0, "timeout": 0}
     assert result.statuses == {200: 37553}

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
 from bson import ObjectId, json_util
@@ -40,14 +41,20 @@ def use_db(monkeypatch, tmp_path, mongodb_url, restore_beanie):
         return name
 
     yield point_at
-    with MongoClient(mongodb_url) as client:
+    with MongoClient[dict[str, Any]](mongodb_url) as client:
         for name in created:
             client.drop_database(name)
 
 
-def raw(mongodb_url, name):
-    with MongoClient(mongodb_url, tz_aware=True) as client:
+def raw(mongodb_url: str, name: str) -> dict[str, list[dict[str, Any]]]:
+    with MongoClient[dict[str, Any]](mongodb_url, tz_aware=True) as client:
         return {c: list(client[name][c].find().sort("_id", 1)) for c in COLLECTIONS}
+
+
+def found(document: dict[str, Any] | None) -> dict[str, Any]:
+    """The document a `find_one` must have found."""
+    assert document is not None
+    return document
 
 
 def test_create_user_registers_with_the_api_rules(use_db, mongodb_url, settings):
@@ -109,7 +116,7 @@ def test_recount_repairs_counts_and_owners_and_reports_them(use_db, mongodb_url)
     assert seeded.exit_code == 0, seeded.output
     before = raw(mongodb_url, name)["posts"]
     voted = [post["_id"] for post in before if post["votes"]]
-    with MongoClient(mongodb_url) as client:
+    with MongoClient[dict[str, Any]](mongodb_url) as client:
         posts = client[name]["posts"]
         # As a crash between a vote's two writes would leave them.
         posts.update_one({"_id": voted[0]}, {"$inc": {"votes": 1}})
@@ -128,10 +135,10 @@ def test_recount_repairs_the_feeds_tallies(use_db, mongodb_url):
     name = use_db()
     seeded = runner.invoke(cli, ["seed", "--users", "4", "--posts", "30", "--votes", "0"])
     assert seeded.exit_code == 0, seeded.output
-    with MongoClient(mongodb_url) as client:
+    with MongoClient[dict[str, Any]](mongodb_url) as client:
         data = client[name]
         published = data["posts"].count_documents({"published": True})
-        assert data["counters"].find_one({"_id": "published_posts"})["value"] == published
+        assert found(data["counters"].find_one({"_id": "published_posts"}))["value"] == published
         drafts = {u["_id"]: u["drafts"] for u in data["users"].find()}
         assert sum(drafts.values()) == 30 - published
         data["counters"].update_one({"_id": "published_posts"}, {"$inc": {"value": 3}})
@@ -140,8 +147,8 @@ def test_recount_repairs_the_feeds_tallies(use_db, mongodb_url):
         result = runner.invoke(cli, ["recount"])
         assert result.exit_code == 0, result.output
         assert "posts: 0 corrected, tallies: 2 corrected" in result.output
-        assert data["counters"].find_one({"_id": "published_posts"})["value"] == published
-        assert data["users"].find_one({"_id": user_id})["drafts"] == drafts[user_id]
+        assert found(data["counters"].find_one({"_id": "published_posts"}))["value"] == published
+        assert found(data["users"].find_one({"_id": user_id}))["drafts"] == drafts[user_id]
 
 
 def test_import_derives_owners_and_counts_from_the_imported_files(use_db, mongodb_url, tmp_path):
@@ -239,7 +246,7 @@ def test_indexes_compares_declared_and_present(use_db, mongodb_url):
     ok = runner.invoke(cli, ["indexes"])
     assert ok.exit_code == 0, ok.output
     assert "MISSING" not in ok.output
-    with MongoClient(mongodb_url) as client:
+    with MongoClient[dict[str, Any]](mongodb_url) as client:
         client[name]["votes"].drop_index("post_id_1_user_id_1")
     missing = runner.invoke(cli, ["indexes"])
     assert missing.exit_code == 1

@@ -21,7 +21,7 @@ import pytest
 from bson import DBRef, Int64, ObjectId
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
-from mongoeco.core import sorting
+from mongoeco.core import collation, sorting
 from mongoeco.engines.sqlite import SQLiteEngine
 from pymongo import MongoClient
 from pymongo.collection import Collection
@@ -60,7 +60,7 @@ def work(monkeypatch: pytest.MonkeyPatch) -> Work:
     counted = Work()
     deserialize = SQLiteEngine._deserialize_document
     connect = FixedSQLiteEngine._create_sqlite_connection
-    compare = sorting.compare_with_collation
+    compare = collation.compare_with_collation  # the function sorting imports from there
     signature = inspect.signature
     sort_check = SQLiteEngine._sort_requires_python
 
@@ -283,7 +283,7 @@ def test_a_sorted_read_of_plain_values_does_not_read_every_match_first(store, wo
     posts.create_index([("owner", 1), ("at", -1), ("_id", -1)])
     start = datetime(2026, 1, 1, tzinfo=UTC)
     owner = ObjectId()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"published": n % 3 > 0, "owner": owner if n % 7 == 0 else ObjectId(),
          "at": start + timedelta(minutes=n)}
         for n in range(LARGE)

@@ -6,11 +6,13 @@ import socket
 import stat
 import subprocess
 import sys
+from typing import Any
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from bson import ObjectId
+from pydantic import SecretStr
 from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -52,7 +54,7 @@ def test_real_mongodb_with_placeholder_secret_key_refuses_to_start(key):
 
 def test_real_mongodb_with_a_strong_key_starts():
     key = "k" * 48
-    settings = Settings(_env_file=None, mongodb_url="mongodb://db:27017", secret_key=key)
+    settings = Settings(_env_file=None, mongodb_url="mongodb://db:27017", secret_key=SecretStr(key))
     resolved = settings.with_secret_key()
     assert resolved.secret_key is not None
     assert resolved.secret_key.get_secret_value() == key
@@ -78,7 +80,7 @@ def test_embedded_store_accepts_a_weak_key_for_development(data_dir):
     assert resolved.secret_key.get_secret_value() == "dev"
 
 
-async def _serve(settings):
+async def _serve(settings: Settings) -> tuple[LifespanManager, httpx.AsyncClient]:
     app = create_app(settings)
     manager = LifespanManager(app, startup_timeout=60)
     await manager.__aenter__()
@@ -196,7 +198,7 @@ def test_the_embedded_store_still_refuses_duplicate_ids(data_dir, storage):
     store = EmbeddedStore(storage, data_dir)
     url = store.start()
     try:
-        with MongoClient(url) as client:
+        with MongoClient[dict[str, Any]](url) as client:
             things = client["dup"]["things"]
             oid = ObjectId()
             things.insert_one({"_id": oid})

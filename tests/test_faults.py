@@ -348,7 +348,7 @@ def test_sigterm_lets_an_in_flight_login_finish_before_the_process_exits(tmp_pat
     # What the in-flight login wrote (its session) is in the store after the exit.
     store = EmbeddedStore("sqlite", tmp_path / "data")
     try:
-        with MongoClient(store.start(), serverSelectionTimeoutMS=5_000) as mongo:
+        with MongoClient[dict[str, Any]](store.start(), serverSelectionTimeoutMS=5_000) as mongo:
             database = mongo["faults_sigterm"]
             user = database["users"].find_one({"email": email})
             assert user is not None

@@ -64,7 +64,9 @@ async def test_no_origin_is_allowed_by_default(client):
     assert "access-control-allow-origin" not in simple.headers
 
 
-async def _serve(settings, requests):
+async def _serve(
+    settings: Settings, requests: list[tuple[str, str, dict[str, str]]]
+) -> list[httpx.Response]:
     app = create_app(settings)
     async with (
         LifespanManager(app),

@@ -114,7 +114,7 @@ def test_mongosh_reads_and_writes_the_default_store(tmp_path):
         assert {"users", "posts", "votes", "refresh_tokens", "login_attempts"} <= set(collections)
 
         out: dict[str, Any] = json.loads(shell(command, "--eval", SCRIPT).strip().splitlines()[-1])
-        with MongoClient(url) as client:
+        with MongoClient[dict[str, Any]](url) as client:
             posts = client.get_default_database("social_api")["posts"]
             ids = [str(row["_id"]) for row in posts.find({}, {"_id": 1}).sort("_id", 1)]
             published = posts.count_documents({"published": True})

@@ -11,6 +11,8 @@ SCHEMA_EXAMPLES sets the examples per operation (`make fuzz` runs 500).
 
 import os
 import uuid
+from collections.abc import AsyncIterator
+from typing import cast
 
 import jsonschema
 import pytest
@@ -19,7 +21,7 @@ from beanie import init_beanie
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from schemathesis.python.asgi import get_client
+from schemathesis.python.asgi import ASGIApp, ASGIClient, get_client
 
 from service.config import Settings
 from service.main import create_app
@@ -58,17 +60,23 @@ schema = schemathesis.openapi.from_dict(FUZZ_APP.openapi())
 schema.app = FUZZ_APP
 
 
+def asgi_client(app: FastAPI) -> ASGIClient:
+    """schemathesis's in-process client. Its `ASGIApp` type has `send` take a dict where ASGI
+    (and Starlette) pass any mutable mapping; the app is a real ASGI app all the same."""
+    return get_client(cast(ASGIApp, app))
+
+
 @pytest.fixture(scope="module")
 def fuzz_app(mongodb_url: str) -> FastAPI:
     FUZZ_APP.state.settings = fuzz_settings(mongodb_url)
-    with get_client(FUZZ_APP) as client:
+    with asgi_client(FUZZ_APP) as client:
         created = client.post("/users/", json={"email": EMAIL, "password": PASSWORD})
     assert created.status_code == 201, created.text
     return FUZZ_APP
 
 
 @pytest.fixture(scope="module", autouse=True)
-async def rebind_beanie(app: FastAPI) -> None:
+async def rebind_beanie(app: FastAPI) -> AsyncIterator[None]:
     """Afterwards, Beanie's documents go back to the suite app's database."""
     yield
     await init_beanie(database=app.state.database, document_models=list(DOCUMENTS))
@@ -76,7 +84,7 @@ async def rebind_beanie(app: FastAPI) -> None:
 
 def fresh_token(fuzz_app: FastAPI) -> str:
     # A session per case: a fuzzed POST /logout or /logout/all must not end the next case's.
-    with get_client(fuzz_app) as client:
+    with asgi_client(fuzz_app) as client:
         response = client.post("/login", data={"username": EMAIL, "password": PASSWORD})
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]

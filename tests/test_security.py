@@ -5,6 +5,7 @@ import json
 import os
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 import pytest
@@ -157,13 +158,13 @@ def test_needs_rehash_only_for_a_lower_cost(hashed, rounds, expected):
 
 
 class CountingVerifier:
-    def __init__(self, inner):
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.hashes: list[str] = []
 
-    def verify(self, password, hashed):
+    def verify(self, password: str, hashed: str) -> bool:
         self.hashes.append(hashed)
-        return self.inner.verify(password, hashed)
+        return bool(self.inner.verify(password, hashed))
 
 
 @pytest.mark.parametrize(

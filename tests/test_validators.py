@@ -4,6 +4,7 @@ import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -145,7 +146,7 @@ async def test_an_existing_collection_gets_its_validator_or_a_warning(app, caplo
 async def test_processes_starting_together_all_initialise(app, mongodb_url, restore_beanie):
     """Workers or replicas start at once: each creates the collections, or finds them made."""
     name = f"together_{uuid.uuid4().hex[:8]}"
-    clients = [AsyncMongoClient(mongodb_url, tz_aware=True) for _ in range(4)]
+    clients = [AsyncMongoClient[dict[str, Any]](mongodb_url, tz_aware=True) for _ in range(4)]
     try:
         results = await asyncio.gather(
             *(initialise(client[name]) for client in clients), return_exceptions=True
