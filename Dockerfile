@@ -82,7 +82,8 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request as r; r.build_opener(r.ProxyHandler({})).open('http://127.0.0.1:8000/healthz', timeout=4)"]
 
-# `exec`: uvicorn replaces the shell, so it receives SIGTERM (docker stop) directly.
-# uvicorn's own proxy-header handling is off: the app believes X-Forwarded-For/-Proto only from
-# the addresses in TRUSTED_PROXIES (the login throttle counts per client address).
-CMD ["sh", "-c", "exec uvicorn service.main:create_app --factory --host 0.0.0.0 --port 8000 --no-proxy-headers --workers \"${WEB_CONCURRENCY:-1}\""]
+# `social-api serve` runs uvicorn with WEB_CONCURRENCY workers, with uvicorn's own proxy-header
+# handling off (the app believes X-Forwarded-For/-Proto only from the addresses in
+# TRUSTED_PROXIES: the login throttle counts per client address), and gives several workers a
+# directory under /tmp for the metrics they share. It receives SIGTERM (docker stop) directly.
+CMD ["social-api", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -4,7 +4,9 @@ import asyncio
 import logging
 import os
 import random
+import shutil
 import signal
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -26,7 +28,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from service import db, derived, logs, security
+from service import db, derived, logs, metrics, security
 from service.config import ConfigurationError, Settings
 from service.models import DATA_DOCUMENTS, DOCUMENTS, Post, User, UserCreate, Vote
 from service.models.base import utc_now
@@ -129,6 +131,12 @@ def serve(
     # signal to itself again; by default that would kill this process before the `finally`
     # below closes the embedded store. Here it ends the process normally instead.
     signal.signal(signal.SIGTERM, _exit_quietly)
+    # Several workers write their metrics to one directory, which /metrics sums; it must start
+    # empty, so each run has its own (unless the operator names one).
+    figures: Path | None = None
+    if workers > 1 and not os.environ.get(metrics.MULTIPROCESS_DIR):
+        figures = Path(tempfile.mkdtemp(prefix="social-api-metrics-"))
+        metrics.use_directory(figures)
     try:
         uvicorn.run(
             "service.main:create_app",
@@ -145,6 +153,8 @@ def serve(
     finally:
         if store is not None:
             store.stop()
+        if figures is not None:
+            shutil.rmtree(figures, ignore_errors=True)
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:

@@ -9,7 +9,7 @@ from bson import ObjectId
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer
 
-from service import throttle
+from service import metrics, throttle
 from service.config import Settings
 from service.models import Post, PostOut, User, id_of
 from service.models.base import IdIn
@@ -142,6 +142,7 @@ async def check_password(
             hashed_password=hashed_password,
         )
     except throttle.TooManyAttempts as refused:
+        metrics.throttle_refusals_total.inc()
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             TOO_MANY_ATTEMPTS,

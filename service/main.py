@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service import db, docs, logs, security
+from service import db, docs, logs, metrics, security
 from service.asgi import HTTPMiddleware
 from service.config import Settings, get_settings
 from service.headers import SecurityHeadersMiddleware
@@ -43,7 +43,10 @@ class Status(BaseModel):
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings.with_secret_key()
     app.state.settings = settings
-    async with db.connect(settings, app.state.command_listeners, bounded=True) as database:
+    listeners = list(app.state.command_listeners)
+    if settings.metrics_enabled:
+        listeners.append(metrics.CommandMetrics())
+    async with db.connect(settings, listeners, bounded=True) as database:
         app.state.database = database
         app.state.initialised = initialised = asyncio.Event()
         retry: asyncio.Task[None] | None = None
@@ -207,6 +210,8 @@ def create_app(
             expose_headers=EXPOSED_HEADERS,
         )
     app.add_middleware(SecurityHeadersMiddleware)
+    if settings.metrics_enabled:
+        app.add_middleware(metrics.MetricsMiddleware)
     app.add_middleware(logs.RequestLogMiddleware)
     if settings.trusted_proxies:
         # Outermost, so that everything inside (the login throttle above all) sees the client
@@ -226,6 +231,11 @@ def create_app(
     app.include_router(users.router)
     app.include_router(posts.router)
     app.include_router(votes.router)
+    if settings.metrics_enabled:
+        # For Prometheus on an internal network: not part of the API, nor of its schema.
+        app.add_route(
+            "/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False
+        )
     if settings.docs_enabled:
         docs.mount(app)
 

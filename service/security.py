@@ -15,6 +15,7 @@ from functools import lru_cache
 import jwt
 from passlib.context import CryptContext
 
+from service import metrics
 from service.config import Settings
 
 # bcrypt costs about a quarter of a second of CPU at the default cost. It runs in its own small
@@ -107,17 +108,19 @@ def needs_rehash(hashed: str, rounds: int) -> bool:
 async def hash_password(password: str, settings: Settings) -> str:
     """Hash a password in the hashing pool."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(
-        _hash_pool, hash_password_sync, password, settings.bcrypt_rounds
-    )
+    with metrics.hashes_in_flight.track_inprogress():
+        return await loop.run_in_executor(
+            _hash_pool, hash_password_sync, password, settings.bcrypt_rounds
+        )
 
 
 async def verify_password(password: str, hashed: str | None, settings: Settings) -> bool:
     """Verify in the hashing pool, as one job whether or not the user exists."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(
-        _hash_pool, verify_password_sync, password, hashed, settings.bcrypt_rounds
-    )
+    with metrics.hashes_in_flight.track_inprogress():
+        return await loop.run_in_executor(
+            _hash_pool, verify_password_sync, password, hashed, settings.bcrypt_rounds
+        )
 
 
 async def warm_up(settings: Settings) -> None:

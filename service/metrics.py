@@ -1,0 +1,123 @@
+"""Prometheus metrics at /metrics: requests, MongoDB commands, login throttle refusals and
+password hashes in flight, through prometheus-client.
+
+One worker keeps its figures in its own memory. With several (`social-api serve --workers N`)
+each writes them to files in one directory, PROMETHEUS_MULTIPROC_DIR, which `serve` creates
+for them (prometheus-client's multiprocess mode), and /metrics sums every worker's, whichever
+worker answers. The mode is chosen once per process, when prometheus-client is first imported:
+the variable must be set before then (see `use_directory`).
+"""
+
+import os
+import time
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from pymongo import monitoring
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from service.asgi import HTTPMiddleware
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# Requests that matched no route share one label, so that scanning for paths cannot create
+# a series per path.
+UNMATCHED = "<unmatched>"
+
+requests_total = Counter(
+    "http_requests_total",
+    "HTTP requests answered, by method, route template and status code.",
+    ["method", "route", "status"],
+)
+request_seconds = Histogram(
+    "http_request_duration_seconds",
+    "Time from a request's arrival to the end of its response, by method and route template.",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+command_seconds = Histogram(
+    "mongodb_command_duration_seconds",
+    "MongoDB commands sent by the API (each attempt), by command name, as PyMongo timed them.",
+    ["command"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+command_failures_total = Counter(
+    "mongodb_command_failures_total",
+    "MongoDB commands that failed (an error reply or a network error), by command name.",
+    ["command"],
+)
+throttle_refusals_total = Counter(
+    "login_throttle_refusals_total",
+    "Password checks refused with 429 by the login throttle (login, password change, "
+    "account deletion), before any hash was computed.",
+)
+hashes_in_flight = Gauge(
+    "password_hashes_in_flight",
+    "bcrypt hashes being computed or waiting for a hashing thread, summed over workers.",
+    multiprocess_mode="livesum",
+)
+
+
+def use_directory(directory: Path) -> None:
+    """Have the worker processes started from now on (which import prometheus-client afresh)
+    write their figures to `directory`, which must be empty, for /metrics to sum."""
+    os.environ[MULTIPROCESS_DIR] = str(directory)
+
+
+def exposition() -> bytes:
+    """Every metric in Prometheus' text format: this process's, or every worker's."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # its __init__ is unannotated
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware(HTTPMiddleware):
+    """Count each request and time it, by the route template it matched."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before it answers
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            method = scope["method"]
+            requests_total.labels(method, route, str(status)).inc()
+            request_seconds.labels(method, route).observe(time.perf_counter() - started)
+
+
+class CommandMetrics(monitoring.CommandListener):
+    """Each MongoDB command's duration and failures, from PyMongo's command monitoring."""
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        command_seconds.labels(event.command_name).observe(event.duration_micros / 1e6)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        command_seconds.labels(event.command_name).observe(event.duration_micros / 1e6)
+        command_failures_total.labels(event.command_name).inc()
