@@ -101,6 +101,46 @@ async def test_login_missing_a_field_is_422(client, data):
     assert isinstance(response.json()["detail"], list)
 
 
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"username": "", "password": DEFAULT_PASSWORD}, "username"),
+        ({"username": "ann@example.com", "password": ""}, "password"),
+        (
+            {"username": "ann@example.com", "password": DEFAULT_PASSWORD, "grant_type": "x"},
+            "grant_type",
+        ),
+    ],
+)
+async def test_the_login_form_refuses_what_its_schema_refuses(client, app, data, field):
+    """An empty field is a missing one, and OAuth2's grant can only be `password`: the
+    form's schema says both, so a client that follows it is not refused."""
+    await register(client, "ann@example.com")
+    response = await client.post("/login", data=data)
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", field]]
+    form = app.openapi()["components"]["schemas"]["LoginForm"]
+    assert form["required"] == ["username", "password"]
+    assert form["properties"]["username"]["minLength"] == 1
+    assert form["properties"]["password"]["minLength"] == 1
+    assert form["properties"]["grant_type"]["pattern"] == "^password$"
+
+
+async def test_the_login_form_takes_what_oauth2_clients_add(client):
+    """Swagger UI's Authorize button sends the grant, an empty scope and a client id."""
+    await register(client, "ann@example.com")
+    data = {
+        "grant_type": "password",
+        "username": "ann@example.com",
+        "password": DEFAULT_PASSWORD,
+        "scope": "",
+        "client_id": "swagger",
+    }
+    response = await client.post("/login", data=data)
+    assert response.status_code == 200
+    assert response.json()["token_type"] == "bearer"
+
+
 async def test_login_with_a_json_body_is_422(client):
     await register(client, "ann@example.com")
     response = await client.post(
