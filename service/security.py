@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import jwt
 from passlib.context import CryptContext
+from passlib.hash import bcrypt, bcrypt_sha256
 
 from service import metrics
 from service.config import Settings
@@ -56,18 +57,20 @@ REFRESH_TOKEN_BYTES = 32
 
 BCRYPT_MAX_BYTES = 72  # bcrypt reads no further, and bcrypt 5 refuses longer passwords
 
-# Verification reads the cost from the hash itself, so one context checks hashes of any cost.
-_verifier = CryptContext(schemes=["bcrypt"])
-
-
-@lru_cache
-def _context(rounds: int) -> CryptContext:
-    return CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
+# Verification reads the scheme and the cost from the hash itself, so one context checks
+# hashes of either scheme and any cost.
+_verifier = CryptContext(schemes=["bcrypt", "bcrypt_sha256"])
 
 
 def hash_password_sync(password: str, rounds: int) -> str:
-    """Hash with a fresh random salt (bcrypt makes it; never supply one)."""
-    return str(_context(rounds).hash(password))
+    """Hash with a fresh random salt (bcrypt makes it; never supply one).
+
+    bcrypt reads a password's first 72 bytes only: a longer one (a passphrase in a script of
+    two or three bytes a character) is first digested with HMAC-SHA256, the salt its key
+    (passlib's bcrypt_sha256, `$bcrypt-sha256$...`), so that every byte of it counts.
+    """
+    scheme = bcrypt if len(password.encode("utf-8")) <= BCRYPT_MAX_BYTES else bcrypt_sha256
+    return str(scheme.using(rounds=rounds).hash(password))
 
 
 @lru_cache
@@ -78,8 +81,9 @@ def _dummy_hash(rounds: int) -> str:
 def verify_password_sync(password: str, hashed: str | None, rounds: int) -> bool:
     """Check a password against a bcrypt hash; a bad password is False, never an error.
 
-    With no hash (an unknown email), or a password bcrypt cannot take (over 72 bytes, a NUL
-    byte: registration refuses both), it checks a dummy hash of the configured cost and fails,
+    With no hash (an unknown email), or a password the hash cannot take (over 72 bytes for a
+    plain bcrypt hash, a NUL byte: registration never makes such a pair), it checks a dummy
+    hash of the configured cost and fails,
     so every failed login costs about the same time and none reveals whether an email has an
     account.
     """
@@ -98,10 +102,14 @@ def verify_password_sync(password: str, hashed: str | None, rounds: int) -> bool
 
 
 def needs_rehash(hashed: str, rounds: int) -> bool:
-    """True for a bcrypt hash of a lower cost than `rounds` (made before BCRYPT_ROUNDS rose)."""
+    """True for a hash of a lower cost than `rounds` (made before BCRYPT_ROUNDS rose): the
+    cost is `$2b$<cost>$...` in bcrypt's hashes, `r=<cost>` in bcrypt_sha256's."""
+    parts = hashed.split("$")
     try:
-        return int(hashed.split("$")[2]) < rounds
-    except (IndexError, ValueError):
+        if parts[1] == "bcrypt-sha256":
+            return int(dict(item.split("=", 1) for item in parts[2].split(","))["r"]) < rounds
+        return int(parts[2]) < rounds
+    except (IndexError, KeyError, ValueError):  # not a hash of either scheme
         return False
 
 

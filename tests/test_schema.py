@@ -100,20 +100,6 @@ def test_every_operation_conforms_to_the_schema(case, fuzz_app):
     case.call_and_validate(headers={"Authorization": f"Bearer {fresh_token(fuzz_app)}"})
 
 
-@schema.hook("filter_body")
-def within_bcrypt_bytes(ctx, body):
-    """JSON Schema counts characters; bcrypt's 72-byte limit is in the description only. A
-    password the schema allows (72 characters or fewer) but whose UTF-8 is longer is neither
-    valid nor a violation the schema can state: leave it out of the generated bodies."""
-    if not isinstance(body, dict):
-        return True
-    return not any(
-        isinstance(body.get(key), str)
-        and len(body[key]) <= 72 < len(body[key].encode("utf-8", errors="surrogatepass"))
-        for key in ("password", "new_password")
-    )
-
-
 @pytest.mark.parametrize(
     "model",
     [

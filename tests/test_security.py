@@ -46,6 +46,15 @@ def test_a_password_over_72_bytes_never_matches_its_first_72():
     assert not security.verify_password_sync("x" * 72 + "y", hashed, rounds=4)
 
 
+def test_a_password_over_72_bytes_is_digested_first_and_every_byte_counts():
+    password = "€" * 30  # 90 bytes
+    hashed = security.hash_password_sync(password, rounds=4)
+    assert hashed.startswith("$bcrypt-sha256$v=2,t=2b,r=4$")
+    assert security.verify_password_sync(password, hashed, rounds=4)
+    assert not security.verify_password_sync("€" * 24 + "x" * 18, hashed, rounds=4)
+    assert security.needs_rehash(hashed, rounds=5) and not security.needs_rehash(hashed, rounds=4)
+
+
 def test_verify_fails_quietly_for_a_malformed_stored_hash():
     assert security.verify_password_sync("password123", "not-a-hash", rounds=4) is False
 
@@ -151,6 +160,9 @@ def test_token_missing_a_claim_is_rejected(missing):
         ("$2b$12$abc", 12, False),
         ("$2b$13$abc", 12, False),
         ("x", 12, False),
+        ("$bcrypt-sha256$v=2,t=2b,r=4$salt$digest", 5, True),
+        ("$bcrypt-sha256$v=2,t=2b,r=12$salt$digest", 12, False),
+        ("$bcrypt-sha256$v=2,t=2b$salt$digest", 12, False),
     ],
 )
 def test_needs_rehash_only_for_a_lower_cost(hashed, rounds, expected):

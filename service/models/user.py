@@ -18,10 +18,11 @@ from pydantic import (
 )
 
 from service.models.base import utc_now
-from service.security import BCRYPT_MAX_BYTES
 
 PASSWORD_MIN_CHARS = 8
-PASSWORD_MAX_BYTES = BCRYPT_MAX_BYTES
+# Characters, as JSON Schema counts them: a password's bytes beyond bcrypt's 72 are digested
+# first (service/security.py), so the limit need not count them.
+PASSWORD_MAX_CHARS = 72
 
 
 def _strip(value: object) -> object:
@@ -37,8 +38,8 @@ def _strip(value: object) -> object:
 def _check_password(password: str) -> str:
     if len(password) < PASSWORD_MIN_CHARS:
         raise ValueError(f"Password must be at least {PASSWORD_MIN_CHARS} characters long")
-    if len(password.encode("utf-8")) > PASSWORD_MAX_BYTES:
-        raise ValueError(f"Password must be at most {PASSWORD_MAX_BYTES} bytes long in UTF-8")
+    if len(password) > PASSWORD_MAX_CHARS:
+        raise ValueError(f"Password must be at most {PASSWORD_MAX_CHARS} characters long")
     if "\x00" in password:
         raise ValueError("Password must not contain NUL characters")  # bcrypt refuses them
     return password
@@ -76,8 +77,7 @@ NormalizedEmail = Annotated[
         }
     ),
 ]
-# The JSON schema says what it can: JSON Schema counts characters, not the UTF-8 bytes that
-# bcrypt counts, so the 72-byte rule is in the description (and the validator).
+# The schema states the whole rule, so a client that follows it is never refused.
 Password = Annotated[
     str,
     AfterValidator(_check_password),
@@ -85,11 +85,11 @@ Password = Annotated[
         {
             "type": "string",
             "minLength": PASSWORD_MIN_CHARS,
-            "maxLength": PASSWORD_MAX_BYTES,
+            "maxLength": PASSWORD_MAX_CHARS,
             "pattern": "^[^\\u0000]*$",
             "description": (
-                f"At least {PASSWORD_MIN_CHARS} characters and at most {PASSWORD_MAX_BYTES} "
-                "bytes in UTF-8; no NUL character"
+                f"{PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters, in any script; "
+                "no NUL character"
             ),
             "examples": ["correct horse battery"],
         }
