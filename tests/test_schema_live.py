@@ -1,0 +1,41 @@
+"""Schemathesis from outside, as a client would meet the service: its command line against
+`social-api serve` (the embedded store), with a bearer token, its default checks and 40
+examples per operation. Only the operations that end the token's session are left out.
+
+LIVE_FUZZ_SEED picks another seed (the default makes CI's run repeatable); the run's report
+is printed when it finds anything.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import running_server
+
+SESSION_ENDING = ("logout", "logout_all", "delete_user_me", "update_password")
+EXAMPLES = 40
+
+
+def test_schemathesis_finds_nothing_from_outside(tmp_path: Path) -> None:
+    with running_server(tmp_path) as (base, _):
+        account = {"email": "fuzz@example.com", "password": "fuzz-password-1"}
+        assert httpx.post(f"{base}/users/", json=account).status_code == 201
+        form = {"username": account["email"], "password": account["password"]}
+        token = httpx.post(f"{base}/login", data=form).json()["access_token"]
+        command = [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{base}/openapi.json",
+            *("--header", f"Authorization: Bearer {token}"),
+            *("--max-examples", str(EXAMPLES)),
+            *("--seed", os.environ.get("LIVE_FUZZ_SEED", "20261207")),
+            *(option for name in SESSION_ENDING for option in ("--exclude-operation-id", name)),
+        ]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
+    counted = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
+    assert counted and counted[1] == counted[2] and int(counted[1]) > 100, run.stdout[-5_000:]
