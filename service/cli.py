@@ -130,13 +130,22 @@ def serve(
     # uvicorn shuts down gracefully on SIGTERM (in-flight requests finish), then sends the
     # signal to itself again; by default that would kill this process before the `finally`
     # below closes the embedded store. Here it ends the process normally instead.
-    signal.signal(signal.SIGTERM, _exit_quietly)
     # Several workers write their metrics to one directory, which /metrics sums; it must start
     # empty, so each run has its own (unless the operator names one).
     figures: Path | None = None
-    if workers > 1 and not os.environ.get(metrics.MULTIPROCESS_DIR):
-        figures = Path(tempfile.mkdtemp(prefix="social-api-metrics-"))
+    if workers > 1 and settings.metrics_enabled and metrics.MULTIPROCESS_DIR not in os.environ:
+        try:
+            figures = Path(tempfile.mkdtemp(prefix="social-api-metrics-"))
+        except OSError as error:
+            if store is not None:
+                store.stop()
+            fail(
+                f"no directory for the workers' metrics ({error}): give the temporary "
+                f"directory a writable mount, set {metrics.MULTIPROCESS_DIR} to an empty "
+                "writable directory, or set METRICS_ENABLED=false"
+            )
         metrics.use_directory(figures)
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         uvicorn.run(
             "service.main:create_app",

@@ -21,7 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from pymongo import monitoring
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,9 +30,11 @@ from starlette.types import Message, Receive, Scope, Send
 from service.asgi import HTTPMiddleware
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-# Requests that matched no route share one label, so that scanning for paths cannot create
-# a series per path.
+# Requests that matched no route share one label, and methods outside HTTP's usual ones
+# another, so that scanning for paths or methods cannot create a series per guess.
 UNMATCHED = "<unmatched>"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
 
 requests_total = Counter(
     "http_requests_total",
@@ -76,11 +78,33 @@ def use_directory(directory: Path) -> None:
 
 def exposition() -> bytes:
     """Every metric in Prometheus' text format: this process's, or every worker's."""
-    if os.environ.get(MULTIPROCESS_DIR):
+    # Multiprocess mode is on when the variable is set at all, as prometheus-client decides.
+    if MULTIPROCESS_DIR in os.environ:
+        forget_dead_workers(Path(os.environ[MULTIPROCESS_DIR]))
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # its __init__ is unannotated
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def forget_dead_workers(directory: Path) -> None:
+    """Drop the live gauges (hashes in flight) of workers that are gone: one that died in the
+    middle of a hash (killed, out of memory) would otherwise count it for ever. Counters and
+    histograms keep what the dead counted, as Prometheus expects of them."""
+    for file in directory.glob("gauge_live*_*.db"):
+        pid = file.stem.rpartition("_")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            mark_process_dead(int(pid), str(directory))  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -103,10 +127,27 @@ class MetricsMiddleware(HTTPMiddleware):
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            method = scope["method"]
+            route = route_template(scope)
+            method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
             requests_total.labels(method, route, str(status)).inc()
             request_seconds.labels(method, route).observe(time.perf_counter() - started)
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered: FastAPI's routes name themselves; the others
+    (`/openapi.json`, `/metrics`, a mount) are found by the endpoint the router chose."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    endpoint = scope.get("endpoint")
+    app = scope.get("app")
+    if endpoint is not None and app is not None:
+        for route in getattr(app, "routes", ()):
+            if endpoint is getattr(route, "endpoint", None) or endpoint is getattr(
+                route, "app", None
+            ):
+                return str(route.path)
+    return UNMATCHED
 
 
 class CommandMetrics(monitoring.CommandListener):
