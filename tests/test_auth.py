@@ -126,16 +126,20 @@ async def test_the_login_form_refuses_what_its_schema_refuses(client, app, data,
     assert form["properties"]["grant_type"]["pattern"] == "^password$"
 
 
-async def test_the_login_form_takes_what_oauth2_clients_add(client):
-    """Swagger UI's Authorize button sends the grant, an empty scope and a client id."""
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"grant_type": "password", "scope": "", "client_id": "swagger"},
+        {"grant_type": "", "client_id": "app", "client_secret": "app-secret"},
+        {},
+    ],
+    ids=["swagger-ui", "empty-grant-and-client-secret", "nothing-more"],
+)
+async def test_the_login_form_takes_what_oauth2_clients_add(client, extra):
+    """Swagger UI's Authorize button sends the grant, an empty scope and a client id; other
+    clients an empty grant (taken as `password`) or a client secret, which are not used."""
     await register(client, "ann@example.com")
-    data = {
-        "grant_type": "password",
-        "username": "ann@example.com",
-        "password": DEFAULT_PASSWORD,
-        "scope": "",
-        "client_id": "swagger",
-    }
+    data = {"username": "ann@example.com", "password": DEFAULT_PASSWORD, **extra}
     response = await client.post("/login", data=data)
     assert response.status_code == 200
     assert response.json()["token_type"] == "bearer"

@@ -68,10 +68,18 @@ NormalizedEmail = Annotated[
         {
             "type": "string",
             "format": "email",
-            "pattern": f"^(?!.*\\.(?:{'|'.join(map(_any_case, REFUSED_DOMAINS))})$)",
+            # What email-validator refuses that JSON Schema's `email` format allows: a quoted
+            # local part, an IP address for a domain, a domain without a dot, more than 254
+            # characters, and the special-use domains above.
+            "pattern": (
+                f"^(?!.*\\.(?:{'|'.join(map(_any_case, REFUSED_DOMAINS))})$)"
+                '[^\\s"@\\[\\]]+@[^\\s@\\[\\]]+\\.[^\\s@\\[\\]]+$'
+            ),
+            "maxLength": 254,
             "description": (
-                "An email address, stored lower-cased; addresses in the special-use domains "
-                ".local, .onion and .arpa are refused (.test, .example, .invalid and "
+                "An email address, stored lower-cased: at most 254 characters, a domain with "
+                "a dot (no IP address), no quoted local part; addresses in the special-use "
+                "domains .local, .onion and .arpa are refused (.test, .example, .invalid and "
                 ".localhost are taken)"
             ),
         }
