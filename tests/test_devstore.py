@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bson import DBRef, Int64, ObjectId
+from bson import DBRef, Decimal128, Int64, ObjectId
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from mongoeco.core import collation, sorting
@@ -309,6 +309,37 @@ def test_a_sorted_read_of_plain_values_does_not_read_every_match_first(store, wo
     assert page() == [[start - timedelta(days=1), later], newest, sorted(seen)[-2]]
     ascending = [row["at"] for row in posts.find(feed).sort([("at", 1), ("_id", 1)]).limit(2)]
     assert ascending == [{"not": "a date"}, [start - timedelta(days=1), later]]
+
+
+@pytest.mark.parametrize(
+    "unplain",
+    [
+        pytest.param(
+            [datetime(2025, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)], id="array"
+        ),
+        pytest.param({"not": "a date"}, id="embedded-document"),
+        pytest.param(Int64(5), id="int64"),
+        pytest.param(Decimal128("1.5"), id="decimal128"),
+    ],
+)
+def test_a_sort_field_holding_any_value_sql_cannot_sort_goes_mongoecos_way(store, work, unplain):
+    """One such value among the dates, whatever its kind, sends the sorted read back to
+    mongoeco's own check (and its Python sort): the value sorts first ascending, as BSON's
+    order of types (and an array's least element) puts it."""
+    things = store["devstore"]["things"]
+    things.create_index([("kind", 1), ("at", 1), ("_id", 1)])
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    things.insert_many([{"kind": "a", "at": start + timedelta(hours=n)} for n in range(50)])
+    order = [("at", 1), ("_id", 1)]
+    plain = [row["at"] for row in things.find({"kind": "a"}).sort(order).limit(1)]
+    assert plain == [start]
+    things.insert_one({"kind": "a", "at": unplain})
+    first: list[Any] = []
+    scans = cost(work, "sort_scans", lambda: first.extend(
+        row["at"] for row in things.find({"kind": "a"}).sort(order).limit(1)
+    ))  # fmt: skip
+    assert scans > 0
+    assert first == [unplain]
 
 
 def test_reading_documents_asks_the_codec_signature_at_most_once(store, work):
