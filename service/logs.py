@@ -7,12 +7,13 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.asgi import HTTPMiddleware
 
@@ -119,9 +120,18 @@ def configure(level: str, fmt: Literal["auto", "json", "text"]) -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+# What else a request's end is reported to: its scope, status and duration in seconds.
+type RequestObserver = Callable[[Scope, int, float], None]
+
+
 class RequestLogMiddleware(HTTPMiddleware):
     """Give each request an id (the caller's `X-Request-ID` or a new one), return it in the
-    response header, and log one line when the request ends."""
+    response header, and log one line when the request ends; `observe` (the metrics) is told
+    of the end too, from the same status and clock."""
+
+    def __init__(self, app: ASGIApp, observe: RequestObserver | None = None) -> None:
+        super().__init__(app)
+        self.observe = observe
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = (
@@ -144,6 +154,9 @@ class RequestLogMiddleware(HTTPMiddleware):
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            if self.observe is not None:
+                self.observe(scope, status_code, seconds)
             access_logger.info(
                 "%s %s %s",
                 scope["method"],
@@ -153,6 +166,6 @@ class RequestLogMiddleware(HTTPMiddleware):
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status_code,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "latency_ms": round(seconds * 1000, 2),
                 },
             )

@@ -210,9 +210,8 @@ def create_app(
             expose_headers=EXPOSED_HEADERS,
         )
     app.add_middleware(SecurityHeadersMiddleware)
-    if settings.metrics_enabled:
-        app.add_middleware(metrics.MetricsMiddleware)
-    app.add_middleware(logs.RequestLogMiddleware)
+    observe = metrics.observe_request if settings.metrics_enabled else None
+    app.add_middleware(logs.RequestLogMiddleware, observe=observe)
     if settings.trusted_proxies:
         # Outermost, so that everything inside (the login throttle above all) sees the client
         # that the trusted proxy names in X-Forwarded-For, and never a forged one: the header
