@@ -120,11 +120,16 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    directory: Path, *args: str, ready_path: str = "/readyz", **env: str
+    directory: Path,
+    *args: str,
+    ready_path: str = "/readyz",
+    terminal: int | None = None,
+    **env: str,
 ) -> Iterator[tuple[str, int]]:
     """Run `social-api serve` on a free loopback port with the embedded store in `directory`
     (unless `env` names a MONGODB_URL); yield its base URL and process id once `ready_path`
-    answers 200."""
+    answers 200. `terminal`, a pseudo-terminal's file descriptor, takes its output instead of
+    the log file, as when a person runs it."""
     port = free_port()
     environment = {
         key: value
@@ -140,9 +145,10 @@ def running_server(
     # of a test that fails.
     log_path = directory / "server.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=directory, env=environment, stdout=log, stderr=subprocess.STDOUT
-        )
+        streams: dict[str, Any] = {"stdout": log, "stderr": subprocess.STDOUT}
+        if terminal is not None:
+            streams = {"stdin": terminal, "stdout": terminal, "stderr": terminal}
+        process = subprocess.Popen(command, cwd=directory, env=environment, **streams)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

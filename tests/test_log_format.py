@@ -5,8 +5,6 @@ import json
 import os
 import pty
 import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, running_server
+from tests.conftest import running_server
 
 REQUEST_ID = "log-format-check"
 ACCESS_TEXT = re.compile(
@@ -26,21 +24,7 @@ ACCESS_TEXT = re.compile(
 def serve_in_terminal(directory: Path, **env: str) -> str:
     """Run `social-api serve` with its output on a pseudo-terminal (as `make run` in a
     terminal), send one request, stop it; everything it printed."""
-    port = free_port()
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"MONGODB_URL", "SECRET_KEY", "EMBEDDED_STORE_URL", "DATA_DIR", "LOG_FORMAT"}
-    }
-    environment.update(
-        {"DATA_DIR": str(directory / "data"), "EMBEDDED_PORT": "0", "BCRYPT_ROUNDS": "4", **env}
-    )
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
     leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        command, cwd=directory, env=environment, stdin=follower, stdout=follower, stderr=follower
-    )
-    os.close(follower)
     output = bytearray()
 
     def read() -> None:
@@ -55,29 +39,21 @@ def serve_in_terminal(directory: Path, **env: str) -> str:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    base = f"http://127.0.0.1:{port}"
+    held = [follower]  # closed once the server holds its own copy
     try:
-        deadline = time.monotonic() + 60
-        while not ready(base):
-            assert process.poll() is None, f"server exited:\n{output.decode(errors='replace')}"
-            assert time.monotonic() < deadline, "server did not become ready within 60 s"
-            time.sleep(0.2)
-        assert httpx.get(f"{base}/healthz", headers={"X-Request-ID": REQUEST_ID}).status_code == 200
-        while REQUEST_ID.encode() not in output and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with running_server(directory, terminal=follower, **env) as (base, _):
+            os.close(held.pop())
+            response = httpx.get(f"{base}/healthz", headers={"X-Request-ID": REQUEST_ID})
+            assert response.status_code == 200
+            deadline = time.monotonic() + 10
+            while REQUEST_ID.encode() not in output and time.monotonic() < deadline:
+                time.sleep(0.05)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for fd in held:
+            os.close(fd)
         reader.join(timeout=10)
         os.close(leader)
     return output.decode(errors="replace")
-
-
-def ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def serve_into_file(directory: Path, **env: str) -> str:
