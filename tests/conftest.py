@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,18 +118,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
 def running_server(
-    directory: Path,
-    *args: str,
-    ready_path: str = "/readyz",
-    terminal: int | None = None,
-    **env: str,
-) -> Iterator[tuple[str, int]]:
+    directory: Path, *args: str, ready_path: str = "/readyz", **env: str
+) -> AbstractContextManager[tuple[str, int]]:
     """Run `social-api serve` on a free loopback port with the embedded store in `directory`
     (unless `env` names a MONGODB_URL); yield its base URL and process id once `ready_path`
-    answers 200. `terminal`, a pseudo-terminal's file descriptor, takes its output instead of
-    the log file, as when a person runs it."""
+    answers 200."""
+    return serving(directory, args, env, ready_path=ready_path)
+
+
+@contextmanager
+def serving(
+    directory: Path,
+    args: Sequence[str],
+    env: dict[str, str],
+    *,
+    ready_path: str = "/readyz",
+    terminal: int | None = None,
+) -> Iterator[tuple[str, int]]:
+    """`running_server`; `terminal`, a pseudo-terminal's file descriptor, takes the server's
+    output instead of the log file, as when a person runs it."""
     port = free_port()
     environment = {
         key: value

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import running_server
+from tests.conftest import running_server, serving
 
 REQUEST_ID = "log-format-check"
 ACCESS_TEXT = re.compile(
@@ -41,7 +41,7 @@ def serve_in_terminal(directory: Path, **env: str) -> str:
     reader.start()
     held = [follower]  # closed once the server holds its own copy
     try:
-        with running_server(directory, terminal=follower, **env) as (base, _):
+        with serving(directory, (), env, terminal=follower) as (base, _):
             os.close(held.pop())
             response = httpx.get(f"{base}/healthz", headers={"X-Request-ID": REQUEST_ID})
             assert response.status_code == 200
