@@ -127,9 +127,6 @@ def serve(
         if store is not None:
             store.stop()
         fail(str(error))
-    # uvicorn shuts down gracefully on SIGTERM (in-flight requests finish), then sends the
-    # signal to itself again; by default that would kill this process before the `finally`
-    # below closes the embedded store. Here it ends the process normally instead.
     # Several workers write their metrics to one directory, which /metrics sums; it must start
     # empty, so each run has its own (unless the operator names one).
     figures: Path | None = None
@@ -145,6 +142,9 @@ def serve(
                 "writable directory, or set METRICS_ENABLED=false"
             )
         metrics.use_directory(figures)
+    # uvicorn shuts down gracefully on SIGTERM (in-flight requests finish), then sends the
+    # signal to itself again; by default that would kill this process before the `finally`
+    # below closes the embedded store. Here it ends the process normally instead.
     signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         uvicorn.run(

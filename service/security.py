@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 import jwt
 from passlib.context import CryptContext
@@ -69,8 +70,14 @@ def hash_password_sync(password: str, rounds: int) -> str:
     two or three bytes a character) is first digested with HMAC-SHA256, the salt its key
     (passlib's bcrypt_sha256, `$bcrypt-sha256$...`), so that every byte of it counts.
     """
-    scheme = bcrypt if len(password.encode("utf-8")) <= BCRYPT_MAX_BYTES else bcrypt_sha256
-    return str(scheme.using(rounds=rounds).hash(password))
+    long = len(password.encode("utf-8")) > BCRYPT_MAX_BYTES
+    return str(_hasher("bcrypt_sha256" if long else "bcrypt", rounds).hash(password))
+
+
+@lru_cache
+def _hasher(scheme: str, rounds: int) -> Any:
+    """passlib's handler for `scheme` at `rounds`, made once (`using` derives a class)."""
+    return (bcrypt_sha256 if scheme == "bcrypt_sha256" else bcrypt).using(rounds=rounds)
 
 
 @lru_cache
@@ -83,9 +90,8 @@ def verify_password_sync(password: str, hashed: str | None, rounds: int) -> bool
 
     With no hash (an unknown email), or a password the hash cannot take (over 72 bytes for a
     plain bcrypt hash, a NUL byte: registration never makes such a pair), it checks a dummy
-    hash of the configured cost and fails,
-    so every failed login costs about the same time and none reveals whether an email has an
-    account.
+    hash of the configured cost and fails, so every failed login costs about the same time
+    and none reveals whether an email has an account.
     """
     if hashed is not None:
         try:
