@@ -35,7 +35,7 @@ from service.models.session import PasswordCheck
 from service.security import (
     access_token_lifetime,
     create_access_token,
-    digest_refresh_token,
+    digest_token,
     new_refresh_token,
     new_session_id,
 )
@@ -71,7 +71,7 @@ async def start_session(
     refresh_token = new_refresh_token()
     await RefreshToken(
         id=new_id(),
-        token_hash=digest_refresh_token(refresh_token),
+        token_hash=digest_token(refresh_token),
         family_id=session_id,
         user_id=id_of(user),
         epoch=user.session_epoch,
@@ -97,7 +97,7 @@ async def refresh_session(refresh_token: str, settings: Settings) -> TokenPair:
     one, and there is no telling which, so the whole session ends for both.
     """
     now = utc_now()
-    digest = digest_refresh_token(refresh_token)
+    digest = digest_token(refresh_token)
     # Exchanging is one atomic update (findAndModify): of two simultaneous uses of one token,
     # one gets it.
     used = await RefreshToken.find_one(

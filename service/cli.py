@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -19,19 +19,30 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 import uvicorn
 from beanie import Document, PydanticObjectId
+from beanie.operators import In
 from bson import json_util
 from bson.errors import BSONError
 from bson.json_util import JSONOptions
 from pydantic import ValidationError
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
+from pymongo.results import UpdateResult
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from service import db, derived, logs, metrics, security
 from service.config import ConfigurationError, Settings
-from service.models import DATA_DOCUMENTS, DOCUMENTS, Post, User, UserCreate, Vote
+from service.models import (
+    DATA_DOCUMENTS,
+    DOCUMENTS,
+    OutboxMessage,
+    Post,
+    User,
+    UserCreate,
+    Vote,
+)
 from service.models.base import utc_now
+from service.models.outbox import MailStatus
 from service.models.post import PostOwner
 
 if TYPE_CHECKING:
@@ -120,9 +131,10 @@ def serve(
             store = db.start_embedded_store(settings)
             assert store.url is not None
             os.environ["EMBEDDED_STORE_URL"] = store.url
-        # Refuse a missing or placeholder SECRET_KEY here, with a plain message, rather than
-        # in a worker's startup traceback; on the embedded store this creates the key file.
-        settings.with_secret_key()
+        # Refuse a missing or placeholder SECRET_KEY, or mail with nowhere to go, here, with a
+        # plain message, rather than in a worker's startup traceback; on the embedded store
+        # this creates the key file.
+        settings.with_secret_key().check_mail()
     except (ConfigurationError, OSError) as error:
         if store is not None:
             store.stop()
@@ -234,8 +246,10 @@ def seed(
             # One hash for all: hashing each demo user at full cost would take minutes.
             hashed = await security.hash_password(password, settings)
             now = utc_now()
+            # Verified: their example.com addresses take no mail, and REQUIRE_VERIFIED_EMAIL
+            # would leave the demo unable to write.
             demo_users = [
-                User(email=f"demo{n}@example.com", hashed_password=hashed)
+                User(email=f"demo{n}@example.com", hashed_password=hashed, email_verified=True)
                 for n in range(1, users + 1)
             ]
             # Votes are drawn first so that each post is written with its count.
@@ -434,6 +448,94 @@ def indexes() -> None:
             fail(f"{missing} declared index(es) missing; start the service to create them")
 
     run(compare)
+
+
+# What `outbox` lists (mail still to go, or given up on), then what it only counts.
+OUTBOX_LISTED: tuple[MailStatus, ...] = ("pending", "sending", "failed")
+OUTBOX_COUNTED: tuple[MailStatus, ...] = (*OUTBOX_LISTED, "sent", "skipped")
+
+
+@app.command()
+def outbox(
+    retry: Annotated[
+        bool,
+        typer.Option(
+            "--retry",
+            help="Queue every failed message again: pending, due now, no attempts yet. Its "
+            "last error is kept until the next attempt replaces it.",
+        ),
+    ] = False,
+) -> None:
+    """List the mail pending, being sent or failed, oldest first, and count the outbox by
+    status (sent and skipped mail is kept a week); --retry queues the failed mail again."""
+    settings = load_settings()
+
+    async def show() -> None:
+        async with database(settings):
+            messages = (
+                await OutboxMessage.find(In(OutboxMessage.status, list(OUTBOX_LISTED)))
+                .sort("+created_at", "+_id")
+                .to_list()
+            )
+            rows = await OutboxMessage.aggregate(
+                [{"$group": {"_id": "$status", "count": {"$sum": 1}}}]
+            ).to_list()
+        counts = {row["_id"]: row["count"] for row in rows}
+        summary = ", ".join(f"{counts.get(status, 0)} {status}" for status in OUTBOX_COUNTED)
+        if not messages:
+            typer.echo(f"nothing pending, sending or failed in the outbox ({summary})")
+            return
+        for message in messages:
+            typer.echo(outbox_line(message))
+        typer.echo(f"outbox: {summary}")
+
+    async def queue_again() -> None:
+        async with database(settings):
+            # Failed is final for the senders, so none of them writes these meanwhile.
+            result = await OutboxMessage.find(OutboxMessage.status == "failed").update_many(
+                {"$set": {"status": "pending", "attempts": 0, "due_at": utc_now()}}
+            )
+        queued = result.modified_count if isinstance(result, UpdateResult) else 0
+        if not queued:
+            typer.echo("no failed mail to queue again")
+            return
+        typer.echo(
+            f"queued {queued} failed message(s) again: a running API sends them within "
+            f"MAIL_POLL_SECONDS ({settings.mail_poll_seconds:g} s)"
+        )
+
+    run(queue_again if retry else show)
+
+
+def outbox_line(message: OutboxMessage) -> str:
+    """One message as `outbox` lists it; the recipient and the error are made one line of
+    printable text (an SMTP server's answer may hold line breaks or escape sequences)."""
+    fields = [
+        str(message.id),
+        f"{message.status:<7}",
+        f"{message.kind:<18}",
+        printable(message.to),
+        f"attempts {message.attempts}",
+    ]
+    if message.status == "pending":
+        fields.append(f"due {timestamp(message.due_at)}")
+    elif message.status == "sending":
+        # A sending message's due_at is its sender's lease: after it, another may claim it.
+        fields.append(f"claimed until {timestamp(message.due_at)}")
+    if message.last_error:
+        fields.append(f"last error: {printable(message.last_error)}")
+    return "  ".join(fields)
+
+
+def printable(text: str) -> str:
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def timestamp(moment: datetime) -> str:
+    """UTC to the second; a naive datetime is taken as UTC, as the service stores them."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import secrets
+from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -74,6 +75,36 @@ class Settings(BaseSettings):
     # (or a JSON list). None by default: the client is the peer that connected.
     trusted_proxies: Annotated[list[str], NoDecode] = []
 
+    # Account recovery and email verification (service/mail.py).
+    password_reset_expire_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 30
+    email_verification_expire_hours: Annotated[int, Field(ge=1, le=30 * 24)] = 48
+    # Unverified users may read, log in and out, but not write posts or votes (403).
+    require_verified_email: bool = False
+    # Mails asked for (forgot-password, a fresh verification mail) within the login
+    # throttle's window, per email and per client address, after which 429 until it passes.
+    mail_requests_per_email: Annotated[int, Field(ge=1, le=1_000_000)] = 3
+    mail_requests_per_address: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    # Where the links in the mails point: the app that serves /reset-password and
+    # /verify-email and posts their token to this API.
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    # Outgoing mail. Required with MONGODB_URL; on the embedded store, without SMTP_HOST, each
+    # mail is written as an .eml file under DATA_DIR/outbox/ instead.
+    smtp_host: str | None = None
+    smtp_port: Annotated[int, Field(ge=1, le=65_535)] = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
+    mail_from: str = "Social API <no-reply@localhost>"
+    # A message the SMTP server could not take (down, or a 4xx answer) is tried again after
+    # MAIL_RETRY_SECONDS, then twice as long each time, at most an hour apart; after
+    # MAIL_MAX_ATTEMPTS tries it is marked failed (`social-api outbox --retry` queues it again).
+    mail_max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
+    mail_retry_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # How often each API process looks for messages due, besides when it queues one itself.
+    mail_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
     # HTTP surface.
     # Origins allowed to call the API from a browser; none by default. A comma-separated list
     # (or a JSON list): CORS_ORIGINS=https://app.example.com,https://admin.example.com
@@ -87,7 +118,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
 
-    @field_validator("mongodb_url", "embedded_store_url", "secret_key", mode="before")
+    @field_validator(
+        "mongodb_url",
+        "embedded_store_url",
+        "secret_key",
+        "smtp_host",
+        "smtp_username",
+        "smtp_password",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `MONGODB_URL=` in a compose file or .env means "not set", not "connect to ''".
@@ -133,10 +172,41 @@ class Settings(BaseSettings):
                 networks.append(f"{mapped}/{96 + network.prefixlen}")
         return networks
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or "?" in value or "#" in value:
+            raise ValueError("must be an http:// or https:// address, without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("mail_from")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        _, address = parseaddr(value)
+        if "@" not in address:
+            raise ValueError("must be an address, or a name and <address>")
+        return value
+
     @property
     def embedded(self) -> bool:
         """True when the service runs on the embedded development store."""
         return self.mongodb_url is None
+
+    @property
+    def mail_to_files(self) -> bool:
+        """True when mails are written as files (the embedded store without SMTP_HOST)."""
+        return self.smtp_host is None
+
+    def check_mail(self) -> "Settings":
+        """Return these settings, or refuse when mail would have nowhere to go: with a real
+        MongoDB there is no development directory to write them to, and none is dropped."""
+        if self.smtp_host is None and not self.embedded:
+            raise ConfigurationError(
+                "SMTP_HOST is not set. It is required with MONGODB_URL (password resets and "
+                "verification mails go through it); set SMTP_HOST, and SMTP_PORT, "
+                "SMTP_SECURITY, SMTP_USERNAME and SMTP_PASSWORD as the server needs"
+            )
+        return self
 
     def with_secret_key(self) -> "Settings":
         """Return these settings with a usable secret key, or refuse with a clear message.

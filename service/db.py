@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from types import UnionType
-from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 import pymongo
 from beanie import Document, PydanticObjectId, init_beanie
@@ -108,7 +108,13 @@ async def connect(
 # Fields added to a collection after its first release, with the value a document written
 # before then gets: by the migration at start-up, and by `social-api import` of older exports.
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
-    "users": {"session_epoch": 0, "revoked_sessions": []},
+    "users": {
+        "session_epoch": 0,
+        "revoked_sessions": [],
+        "email_verified": False,
+        "password_reset": None,
+        "email_verification": None,
+    },
     "refresh_tokens": {"password_check": None},
     "login_attempts": {"failed": None},
 }
@@ -224,6 +230,8 @@ def _field_schema(where: str, annotation: Any) -> dict[str, Any]:
         kinds = rule["bsonType"]
         rule["bsonType"] = [*(kinds if isinstance(kinds, list) else [kinds]), "null"]
         return rule
+    if get_origin(annotation) is Literal and all(isinstance(a, str) for a in arguments):
+        return {"bsonType": "string", "enum": list(arguments)}
     if get_origin(annotation) is list:
         return {"bsonType": "array", "items": _field_schema(where, arguments[0])}
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -11,6 +11,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from service import metrics, throttle
 from service.config import Settings
+from service.mail import Sender
 from service.models import Post, PostOut, User, id_of
 from service.models.base import IdIn
 from service.security import TokenClaims, decode_access_token
@@ -24,6 +25,7 @@ NOT_AUTHENTICATED = "Not authenticated"
 INVALID_CREDENTIALS = "Could not validate credentials"
 NOT_AUTHORIZED = "Not authorized to perform requested action"
 TOO_MANY_ATTEMPTS = "Too many failed login attempts"
+TOO_MANY_REQUESTS = "Too many requests for this email or from this address"
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -35,6 +37,15 @@ async def get_app_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+async def get_mail_sender(request: Request) -> Sender:
+    """This process's outbox sender: what queues a mail, and goes for it at once."""
+    sender: Sender = request.app.state.mail_sender
+    return sender
+
+
+MailSenderDep = Annotated[Sender, Depends(get_mail_sender)]
 TokenDep = Annotated[str | None, Depends(oauth2_scheme)]
 
 
@@ -82,6 +93,19 @@ async def get_current_user(session: CurrentSession) -> User:
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
+NOT_VERIFIED = "Email address not verified"
+
+
+async def get_writing_user(user: CurrentUser, settings: SettingsDep) -> User:
+    """The caller, if they may write posts and votes: with REQUIRE_VERIFIED_EMAIL, only once
+    their address is verified (403)."""
+    if settings.require_verified_email and not user.email_verified:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, NOT_VERIFIED)
+    return user
+
+
+WritingUser = Annotated[User, Depends(get_writing_user)]
+
 
 async def get_visible_post(post_id: IdIn, user: CurrentUser) -> PostOut:
     """The post with its owner and votes; someone else's draft does not exist (404)."""
@@ -99,7 +123,7 @@ def no_such_post(post_id: object) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"post with id: {post_id} does not exist")
 
 
-async def get_owned_post(post_id: IdIn, user: CurrentUser) -> Post:
+async def get_owned_post(post_id: IdIn, user: WritingUser) -> Post:
     """A post the caller may change: 404 if it does not exist for them, then 403 if not theirs."""
     post = await Post.get(post_id)
     if post is None or not post.is_visible_to(id_of(user)):
@@ -116,6 +140,23 @@ OwnedPostDep = Annotated[Post, Depends(get_owned_post)]
 def client_host(request: Request) -> str | None:
     """The client's address: the peer, or the one a trusted proxy forwarded (see main.py)."""
     return request.client.host if request.client else None
+
+
+async def count_mail_request(kind: str, email: str, request: Request, settings: Settings) -> None:
+    """Count a request that sends mail against the limits per email and per client address
+    (the login throttle's records, service/throttle.py), or answer 429."""
+    limits = {
+        f"{kind}:{throttle.email_key(email)}": settings.mail_requests_per_email,
+        f"{kind}:{throttle.address_key(client_host(request))}": settings.mail_requests_per_address,
+    }
+    try:
+        await throttle.count_request(limits, settings)
+    except throttle.TooManyAttempts as refused:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(refused.retry_after)},
+        ) from None
 
 
 async def check_password(

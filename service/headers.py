@@ -13,7 +13,16 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 # Where a response carries a token or a user's own data, no cache (browser or proxy) keeps it.
-CREDENTIAL_PATHS = frozenset({"/login", "/auth/refresh"})
+# The mail routes' answers too: a verified user's profile, or what became of a token.
+CREDENTIAL_PATHS = frozenset(
+    {
+        "/login",
+        "/auth/refresh",
+        "/auth/forgot-password",
+        "/auth/reset-password",
+        "/auth/verify",
+    }
+)
 
 
 def headers_for(path: str, has_authorization: bool) -> dict[str, str]:

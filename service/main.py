@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service import db, docs, logs, metrics, security
+from service import db, docs, logs, mail, metrics, recovery, security
 from service.asgi import HTTPMiddleware
 from service.config import Settings, get_settings
 from service.headers import SecurityHeadersMiddleware
@@ -41,7 +41,7 @@ class Status(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings.with_secret_key()
+    settings: Settings = app.state.settings.with_secret_key().check_mail()
     app.state.settings = settings
     listeners = list(app.state.command_listeners)
     if settings.metrics_enabled:
@@ -59,13 +59,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             logger.error("MongoDB is unreachable; serving 503 until it answers: %s", error)
             retry = asyncio.create_task(db.initialise_when_reachable(database, initialised))
         await security.warm_up(settings)
+        app.state.mail_sender = sender = mail.Sender(settings, recovery.PREPARERS)
+        sending = asyncio.create_task(sender.run(initialised), name="outbox sender")
+        app.state.mail_sending = sending
         try:
             yield
         finally:
-            if retry is not None:
-                retry.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await retry
+            for task in (retry, sending):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
 
 def _is_secret(key: object) -> bool:

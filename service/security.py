@@ -236,8 +236,14 @@ def new_refresh_token() -> str:
     return secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
 
 
-def digest_refresh_token(token: str) -> str:
-    """The SHA-256 of a refresh token, as stored and looked up.
+def new_mailed_token() -> str:
+    """A token for a mail's link (a password reset, an email verification): 256 random bits,
+    URL-safe. Only its digest is ever stored."""
+    return secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+
+
+def digest_token(token: str) -> str:
+    """The SHA-256 of a refresh token or a mailed one, as stored and looked up.
 
     A plain digest, not a salted slow hash: the token is 256 random bits, so nothing can be
     guessed from the digest, and the lookup must be by equality on an index.

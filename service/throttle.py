@@ -270,3 +270,30 @@ def _wait(others: list[datetime], limit: int, now: datetime, window: timedelta) 
     """
     leaving = others[len(others) - limit]
     return max(0.0, (leaving + window - now).total_seconds())
+
+
+async def count_request(limits: dict[str, int], settings: Settings) -> None:
+    """Count a request against each key's limit within the window (a request that sends
+    mail), or raise TooManyAttempts and take it back.
+
+    Every request counts, whatever its outcome: its records are written first, so that under
+    any concurrency each counts at least those written before it, as an email's login
+    attempts are. Three commands either way: the insert, the count and, when refused, the
+    delete.
+    """
+    window = timedelta(seconds=settings.login_failure_window_seconds)
+    now = utc_now()
+    mine = [LoginAttempt(id=new_id(), key=key, at=now, expires_at=now + window) for key in limits]
+    await LoginAttempt.insert_many(mine)
+    own = {id_of(attempt) for attempt in mine}
+    found = await LoginAttempt.find(
+        {"key": {"$in": list(limits)}, "at": {"$gt": now - window}}
+    ).to_list()
+    waits = []
+    for key, limit in limits.items():
+        others = sorted(a.at for a in found if a.key == key and id_of(a) not in own)
+        if len(others) + 1 > limit:
+            waits.append(_wait(others, limit, now, window))
+    if waits:
+        await LoginAttempt.find({"_id": {"$in": list(own)}}).delete()
+        raise TooManyAttempts(max(1, math.ceil(max(waits))))

@@ -5,6 +5,8 @@ loopback port, reached by the real PyMongo driver. Set TEST_MONGODB_URL to run t
 against a real MongoDB instead; it then uses a throwaway database that it drops at the end.
 """
 
+import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -13,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,13 @@ from service.main import create_app
 from service.models import DOCUMENTS
 from service.models.post import COUNTERS
 from tests.factories import assert_no_secrets
+from tests.smtp import SMTPServer
 
 # Every setting is given here, so nothing in the environment or a .env file reaches a test.
 TEST_SECRET_KEY = secrets.token_urlsafe(48)
+# The suite's SMTP server (a real one, aiosmtpd): every app of the suite mails through it.
+SMTP = SMTPServer()
+SMTP_ENV = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(SMTP.port), "SMTP_SECURITY": "none"}
 
 
 def make_settings(mongodb_url: str, mongodb_db: str, **overrides: Any) -> Settings:
@@ -45,6 +51,11 @@ def make_settings(mongodb_url: str, mongodb_db: str, **overrides: Any) -> Settin
         "access_token_expire_minutes": 30,
         "bcrypt_rounds": 4,  # the lowest bcrypt allows: the suite tests logic, not cost
         "log_level": "WARNING",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": SMTP.port,
+        "smtp_security": "none",
+        "mail_from": "Social API <no-reply@example.test>",
+        "public_base_url": "http://app.example.test",
     }
     return Settings(_env_file=None, **{**values, **overrides})
 
@@ -61,7 +72,14 @@ def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(mongodb_url: str) -> Settings:
+def smtp_server() -> Iterator[SMTPServer]:
+    SMTP.start()
+    yield SMTP
+    SMTP.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(mongodb_url: str, smtp_server: SMTPServer) -> Settings:
     return make_settings(mongodb_url, f"test_social_{uuid.uuid4().hex[:12]}")
 
 
@@ -82,6 +100,17 @@ async def clean_database(app: FastAPI) -> None:
         await app.state.database[name].delete_many({})
 
 
+@asynccontextmanager
+async def app_client(settings: Settings, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app of its own, on the suite's database, with settings overridden
+    (use it with the `restore_beanie` fixture)."""
+    app = create_app(make_settings(settings.mongodb_url or "", settings.mongodb_db, **overrides))
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http
+
+
 async def check_for_leaks(response: httpx.Response) -> None:
     await response.aread()
     if response.content:
@@ -97,6 +126,29 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         event_hooks={"response": [check_for_leaks]},
     ) as http:
         yield http
+
+
+async def stop_sender(app: FastAPI) -> None:
+    """Stop an app's outbox sender (service/mail.py) until `start_sender`."""
+    running: asyncio.Task[None] = app.state.mail_sending
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+
+def start_sender(app: FastAPI) -> None:
+    app.state.mail_sending = asyncio.create_task(app.state.mail_sender.run(app.state.initialised))
+
+
+@pytest.fixture
+async def quiet_outbox(app: FastAPI) -> AsyncIterator[None]:
+    """The suite app's outbox sender stopped for the test: the messages queued stay pending,
+    and no background command mixes with the ones a test counts, or with a sender of its own.
+    (Beanie binds its documents to one client per process, so a sender works through
+    whichever app initialised Beanie last.)"""
+    await stop_sender(app)
+    yield
+    start_sender(app)
 
 
 @pytest.fixture
@@ -143,10 +195,13 @@ def serving(
         key: value
         for key, value in os.environ.items()
         if key not in {"MONGODB_URL", "SECRET_KEY", "EMBEDDED_STORE_URL", "DATA_DIR"}
+        and not key.startswith("SMTP_")
     }
     environment.update(
         {"DATA_DIR": str(directory / "data"), "EMBEDDED_PORT": "0", "BCRYPT_ROUNDS": "4", **env}
     )
+    if "MONGODB_URL" in env and "SMTP_HOST" not in env:
+        environment.update(SMTP_ENV)  # a real MongoDB needs an SMTP server
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), *args]
     # Its working directory is `directory`, so no .env file of the checkout is read. Its output
     # goes to a file (a pipe nobody reads would fill up and block it) and ends up in the report

@@ -92,6 +92,7 @@ def test_seed_makes_what_it_is_asked_for(use_db, mongodb_url):
     assert len(pairs) == 30  # distinct user and post each
     users = {u["_id"] for u in data["users"]}
     assert {p["owner_id"] for p in data["posts"]} <= users
+    assert all(u["email_verified"] is True for u in data["users"])  # they can write at once
     again = runner.invoke(cli, args)
     assert again.exit_code == 1
     assert "already has demo users" in again.output

@@ -105,7 +105,8 @@ def shapes(commands: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, A
         for query in QUERY_OF[name](command):
             found += [(collection, "filter", fields) for fields in equality_fields(query)]
         if command.get("sort"):
-            matched = set().union(*equality_fields(command.get("filter", {})))
+            [query] = QUERY_OF[name](command)  # a find's filter, a findAndModify's query
+            matched = set().union(*equality_fields(query))
             found.append((collection, "sort", (list(command["sort"]), matched)))
     return found
 

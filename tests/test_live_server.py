@@ -77,7 +77,12 @@ async def test_registration_login_and_wrong_password(http):
     assert again.json() == {"detail": "Email already registered"}
     assert wrong.status_code == 403
     assert wrong.json() == {"detail": "Invalid Credentials"}
-    assert me.json() == {"id": user.id, "email": user.email, "created_at": me.json()["created_at"]}
+    assert me.json() == {
+        "id": user.id,
+        "email": user.email,
+        "created_at": me.json()["created_at"],
+        "email_verified": False,
+    }
 
 
 async def test_posts_drafts_paging_and_delete_on_the_wire(http):

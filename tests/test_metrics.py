@@ -29,7 +29,7 @@ from service import metrics, security
 from service.cli import app as cli
 from service.config import Settings
 from service.main import create_app
-from tests.conftest import TEST_SECRET_KEY, make_settings, running_server
+from tests.conftest import SMTP_ENV, TEST_SECRET_KEY, make_settings, running_server
 from tests.factories import DEFAULT_PASSWORD, bearer, create_user, login, unique_email
 
 type Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -254,6 +254,8 @@ def serve_without_serving(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no .env of the checkout
     monkeypatch.setenv("MONGODB_URL", "mongodb://127.0.0.1:9/")
     monkeypatch.setenv("SECRET_KEY", TEST_SECRET_KEY)
+    for name, value in SMTP_ENV.items():  # a real MongoDB's mail needs an SMTP server
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     seen: dict[str, Any] = {}
 

@@ -13,6 +13,7 @@ from asgi_lifespan import LifespanManager
 from pymongo import monitoring
 
 from service.main import create_app
+from tests.conftest import stop_sender
 from tests.factories import DEFAULT_PASSWORD, LoggedInUser, create_post, create_user, unique_email
 
 
@@ -38,11 +39,13 @@ class CommandCounter(monitoring.CommandListener):
 
 @pytest.fixture
 async def counted(
-    settings, restore_beanie
+    settings, restore_beanie, quiet_outbox
 ) -> AsyncIterator[tuple[httpx.AsyncClient, CommandCounter]]:
     counter = CommandCounter()
     app = create_app(settings, command_listeners=[counter])
     async with LifespanManager(app):
+        # Only the requests' own commands are counted: no sender reads the outbox meanwhile.
+        await stop_sender(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             yield client, counter

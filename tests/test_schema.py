@@ -12,6 +12,7 @@ SCHEMA_EXAMPLES sets the examples per operation (`make fuzz` runs 500).
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import cast
 
 import jsonschema
@@ -20,6 +21,7 @@ import schemathesis
 from beanie import init_beanie
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
 from schemathesis.python.asgi import ASGIApp, ASGIClient, get_client
 
 from service.config import Settings
@@ -55,7 +57,9 @@ def fuzz_settings(mongodb_url: str) -> Settings:
 # Built at import, as schemathesis's pytest integration needs its schema then; its settings
 # (the suite's MongoDB) are set by `fuzz_app` before its first request starts its lifespan.
 FUZZ_APP = create_app(fuzz_settings("mongodb://127.0.0.1:9/?directConnection=true"))
-schema = schemathesis.openapi.from_dict(FUZZ_APP.openapi())
+# The project's schemathesis.toml (what the token operations may answer), whatever the cwd.
+CONFIG = SchemathesisConfig.from_path(Path(__file__).parent.parent / "schemathesis.toml")
+schema = schemathesis.openapi.from_dict(FUZZ_APP.openapi(), config=CONFIG)
 schema.app = FUZZ_APP
 
 

@@ -28,6 +28,7 @@ def test_schemathesis_finds_nothing_from_outside(tmp_path: Path) -> None:
         token = httpx.post(f"{base}/login", data=form).json()["access_token"]
         command = [
             str(Path(sys.executable).parent / "schemathesis"),
+            *("--config-file", str(Path(__file__).parent.parent / "schemathesis.toml")),
             "run",
             f"{base}/openapi.json",
             *("--header", f"Authorization: Bearer {token}"),

@@ -2,8 +2,6 @@
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +16,7 @@ from service.models import LoginAttempt, RefreshToken
 from service.models.base import utc_now
 from service.security import HASH_WORKERS
 from service.throttle import address_key, email_key
-from tests.conftest import TEST_SECRET_KEY, make_settings, running_server
+from tests.conftest import TEST_SECRET_KEY, app_client, make_settings, running_server
 from tests.factories import DEFAULT_PASSWORD, bearer, create_user, login_pair, unique_email
 
 THROTTLED = {"detail": "Too many failed login attempts"}
@@ -61,16 +59,6 @@ async def backdate_attempts(seconds: float, **query: object) -> None:
             {"_id": row["_id"]},
             {"$set": {"at": row["at"] - shift, "expires_at": row["expires_at"] - shift}},
         )
-
-
-@asynccontextmanager
-async def app_client(settings: Settings, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of an app of its own, with the throttle's settings overridden."""
-    app = create_app(make_settings(settings.mongodb_url or "", settings.mongodb_db, **overrides))
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            yield http
 
 
 async def test_five_failures_for_an_email_lock_it_even_with_the_right_password(client):

@@ -36,7 +36,7 @@ async def test_register_answers_201_on_both_spellings(client: httpx.AsyncClient,
 
     assert response.status_code == 201, response.text
     body = response.json()
-    assert body.keys() == {"id", "email", "created_at"}
+    assert body.keys() == {"id", "email", "created_at", "email_verified"}
     assert body["email"] == "ann@example.com"
     assert len(body["id"]) == 24
     int(body["id"], 16)
@@ -285,7 +285,7 @@ async def test_me_returns_the_tokens_user(client: httpx.AsyncClient) -> None:
 
     assert response.status_code == 200
     body = response.json()
-    assert body.keys() == {"id", "email", "created_at"}
+    assert body.keys() == {"id", "email", "created_at", "email_verified"}
     assert (body["id"], body["email"]) == (user.id, user.email)
 
 

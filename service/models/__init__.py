@@ -3,6 +3,7 @@
 from beanie import Document
 
 from service.models.base import id_of
+from service.models.outbox import OutboxMessage
 from service.models.post import Post, PostCreate, PostOut, PostPublic, PostUpdate
 from service.models.session import (
     LoginAttempt,
@@ -17,8 +18,8 @@ from service.models.vote import Message, Vote, VoteCreate
 # The collections that hold the social network's data: what export, import and seed handle.
 DATA_DOCUMENTS: list[type[Document]] = [User, Post, Vote]
 # Every document init_beanie manages; its order is the order indexes are built in. Sessions
-# and login attempts are state of the moment, not data to export.
-DOCUMENTS: list[type[Document]] = [*DATA_DOCUMENTS, RefreshToken, LoginAttempt]
+# and login attempts are state of the moment, and the outbox mail on its way: not data to export.
+DOCUMENTS: list[type[Document]] = [*DATA_DOCUMENTS, RefreshToken, LoginAttempt, OutboxMessage]
 
 __all__ = [
     "DATA_DOCUMENTS",
@@ -27,6 +28,7 @@ __all__ = [
     "LoginAttempt",
     "LogoutRequest",
     "Message",
+    "OutboxMessage",
     "PasswordChange",
     "Post",
     "PostCreate",

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from service.models.base import utc_now
-from service.models.user import UserPublic
+from service.models.user import PostAuthor
 
 TITLE_MAX = 300
 CONTENT_MAX = 20_000
@@ -151,7 +151,7 @@ class PostPublic(PostBase):
     id: PydanticObjectId
     created_at: datetime
     owner_id: PydanticObjectId
-    owner: UserPublic
+    owner: PostAuthor
 
     @classmethod
     def of(cls, post: Post) -> Self:
@@ -164,7 +164,7 @@ class PostPublic(PostBase):
             published=post.published,
             created_at=post.created_at,
             owner_id=post.owner_id,
-            owner=UserPublic(id=post.owner_id, **post.owner.model_dump()),
+            owner=PostAuthor(id=post.owner_id, **post.owner.model_dump()),
         )
 
 

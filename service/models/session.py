@@ -61,7 +61,9 @@ class LoginAttempt(Document):
     email is digested so that whatever an attacker types is stored at a fixed size. An email's
     attempt is written before its check and counts against the email unless a success lists
     it in its `RefreshToken.password_check` (its own, or its email's failures that it reset);
-    an address's record is written only for a check that failed.
+    an address's record is written only for a check that failed. A request that sends mail
+    (forgot-password, a fresh verification mail) is counted under the same two keys behind
+    its kind (`password_reset:email:...`), every one of them (throttle.count_request).
     """
 
     key: str

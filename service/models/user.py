@@ -1,7 +1,7 @@
 """Users: the document, and the schemas derived from it."""
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import email_validator
 from beanie import Document, Indexed, PydanticObjectId
@@ -16,6 +16,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
 )
+from pymongo import ASCENDING, IndexModel
 
 from service.models.base import utc_now
 
@@ -127,6 +128,14 @@ class RevokedSession(BaseModel):
     until: datetime
 
 
+class MailedToken(BaseModel):
+    """A token sent by mail (a password reset, an email verification), as stored: its
+    SHA-256 digest, never the token, and when it stops working."""
+
+    token_hash: str
+    expires_at: datetime
+
+
 class User(Document, UserBase):
     hashed_password: str
     created_at: datetime = Field(default_factory=utc_now)
@@ -141,9 +150,21 @@ class User(Document, UserBase):
     # How many of the user's posts are drafts: with the published count, the size of their
     # feed, kept here because every request reads this document (see service/tallies.py).
     drafts: int = 0
+    # Set by the link of a verification mail (or a password reset, which proves the same).
+    email_verified: bool = False
+    # The one live token of each kind: a newer one replaces the older, and every password
+    # write clears `password_reset` (service/recovery.py).
+    password_reset: MailedToken | None = None
+    email_verification: MailedToken | None = None
 
     class Settings:
         name = "users"
+        indexes: ClassVar[list[IndexModel]] = [
+            # A reset or a verification finds its user by the token's digest; sparse, as
+            # most users have neither.
+            IndexModel([("password_reset.token_hash", ASCENDING)], sparse=True),
+            IndexModel([("email_verification.token_hash", ASCENDING)], sparse=True),
+        ]
 
     def session_is_live(self, session_id: str, epoch: int, now: datetime) -> bool:
         """Whether an access token of this session and epoch may still be honoured."""
@@ -189,8 +210,61 @@ class AccountDeletion(BaseModel):
     password: str
 
 
-class UserPublic(UserBase):
+# A token from a mail: ours are 43 characters of URL-safe base64 (256 random bits).
+MailedTokenIn = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern="^[A-Za-z0-9_-]+$",
+        description="The token from the mail (its link's `token` parameter)",
+        examples=["Yb3kQ9w1m0c2VnN5c2hvcnQtbGl2ZWQtZXhhbXBsZXRva2Vu"],
+    ),
+]
+
+
+class ForgotPassword(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"email": "alice@example.com"}]})
+
+    email: NormalizedEmail
+
+
+class PasswordReset(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "token": "Yb3kQ9w1m0c2VnN5c2hvcnQtbGl2ZWQtZXhhbXBsZXRva2Vu",
+                    "new_password": "staple battery horse",
+                }
+            ]
+        }
+    )
+
+    token: MailedTokenIn
+    new_password: Password
+
+
+class EmailVerification(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"token": "Yb3kQ9w1m0c2VnN5c2hvcnQtbGl2ZWQtZXhhbXBsZXRva2Vu"}]
+        }
+    )
+
+    token: MailedTokenIn
+
+
+class PostAuthor(UserBase):
+    """A post's owner as the course's clients read it: id, email, and since when."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: PydanticObjectId
     created_at: datetime
+
+
+class UserPublic(PostAuthor):
+    """A user as the users routes answer it."""
+
+    email_verified: bool

@@ -5,18 +5,36 @@ from typing import Annotated
 from fastapi import Form, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
-from service import accounts
+from service import accounts, recovery
 from service.deps import (
     BEARER,
     TOO_MANY_ATTEMPTS,
+    TOO_MANY_REQUESTS,
     CurrentSession,
+    CurrentUser,
+    MailSenderDep,
     SettingsDep,
     check_password,
+    count_mail_request,
 )
-from service.models import LogoutRequest, RefreshRequest, RefreshToken, TokenPair, User, id_of
-from service.models.user import normalize_email
+from service.models import (
+    LogoutRequest,
+    Message,
+    RefreshRequest,
+    RefreshToken,
+    TokenPair,
+    User,
+    UserPublic,
+    id_of,
+)
+from service.models.user import (
+    EmailVerification,
+    ForgotPassword,
+    PasswordReset,
+    normalize_email,
+)
 from service.routing import BEARER_HEADER, CollectionRouter, Responses, error
-from service.security import digest_refresh_token, hash_password, needs_rehash
+from service.security import digest_token, hash_password, needs_rehash
 
 router = CollectionRouter(tags=["Authentication"])
 
@@ -30,6 +48,14 @@ THROTTLED: Responses = {
     }
 }
 UNAUTHORIZED: Responses = {status.HTTP_401_UNAUTHORIZED: error("Missing, invalid or ended token")}
+MAIL_THROTTLED: Responses = {
+    status.HTTP_429_TOO_MANY_REQUESTS: {
+        **error(f"{TOO_MANY_REQUESTS}; wait the seconds in Retry-After"),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    }
+}
+INVALID_MAILED_TOKEN = "Invalid, used or expired token"
+RESET_MAIL_QUEUED = "If an account has this email, a password reset link is on its way to it"
 
 
 class LoginForm(BaseModel):
@@ -108,7 +134,7 @@ async def logout(
     user_id = id_of(session.user)
     await accounts.end_session(user_id, session.claims.sid, settings)
     if logout_in is not None and logout_in.refresh_token is not None:
-        digest = digest_refresh_token(logout_in.refresh_token)
+        digest = digest_token(logout_in.refresh_token)
         other = await RefreshToken.find_one(RefreshToken.token_hash == digest)
         if other is not None and other.user_id == user_id and other.family_id != session.claims.sid:
             await accounts.end_session(user_id, other.family_id, settings)
@@ -118,3 +144,65 @@ async def logout(
 async def logout_all(session: CurrentSession) -> None:
     """End every session of the caller: every access and refresh token issued before now."""
     await accounts.end_all_sessions(id_of(session.user))
+
+
+@router.post(
+    "/auth/forgot-password",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=MAIL_THROTTLED,
+)
+async def forgot_password(
+    forgot_in: ForgotPassword, request: Request, settings: SettingsDep, sender: MailSenderDep
+) -> Message:
+    """Mail a password reset link to the account of this email, if there is one.
+
+    The answer is the same, in about the same time, whether the account exists or not: the
+    request only queues the mail, and the outbox's sender looks the account up.
+    """
+    await count_mail_request("password_reset", forgot_in.email, request, settings)
+    await sender.queue("password_reset", forgot_in.email)
+    return Message(message=RESET_MAIL_QUEUED)
+
+
+@router.post(
+    "/auth/reset-password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={status.HTTP_400_BAD_REQUEST: error(INVALID_MAILED_TOKEN)},
+)
+async def reset_password(reset_in: PasswordReset, settings: SettingsDep) -> None:
+    """Choose a new password with the token of a reset mail: every session ends."""
+    if not await recovery.reset_password(reset_in.token, reset_in.new_password, settings):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, INVALID_MAILED_TOKEN)
+
+
+@router.post(
+    "/auth/verify",
+    responses={status.HTTP_400_BAD_REQUEST: error(INVALID_MAILED_TOKEN)},
+)
+async def verify_email(verify_in: EmailVerification) -> UserPublic:
+    """Confirm an email address with the token of its verification mail."""
+    user = await recovery.verify_email(verify_in.token)
+    if user is None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, INVALID_MAILED_TOKEN)
+    return UserPublic.model_validate(user)
+
+
+@router.post(
+    "/auth/verify/request",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        **UNAUTHORIZED,
+        status.HTTP_409_CONFLICT: error("Email address already verified"),
+        **MAIL_THROTTLED,
+    },
+)
+async def request_verification(
+    user: CurrentUser, request: Request, settings: SettingsDep, sender: MailSenderDep
+) -> Message:
+    """Mail a fresh verification link to your address; the link of any earlier one stops
+    working once this one is sent."""
+    if user.email_verified:
+        raise HTTPException(status.HTTP_409_CONFLICT, "Email address already verified")
+    await count_mail_request("email_verification", user.email, request, settings)
+    await sender.queue("email_verification", user.email, user_id=id_of(user))
+    return Message(message="A verification link is on its way to your address")

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import Query, Response, status
 from pymongo.results import UpdateResult
 
-from service.deps import CurrentUser, OwnedPostDep, VisiblePostDep, no_such_post
+from service.deps import CurrentUser, OwnedPostDep, VisiblePostDep, WritingUser, no_such_post
 from service.models import Post, PostCreate, PostOut, PostPublic, PostUpdate, Vote, id_of
 from service.models.base import new_id
 from service.models.post import PostOwner
@@ -21,7 +21,15 @@ MAX_SKIP = 2**31 - 1
 
 UNAUTHORIZED: Responses = {status.HTTP_401_UNAUTHORIZED: error("Missing or invalid token")}
 NOT_FOUND: Responses = {status.HTTP_404_NOT_FOUND: error("No such post, or someone else's draft")}
-FORBIDDEN: Responses = {status.HTTP_403_FORBIDDEN: error("The post belongs to someone else")}
+FORBIDDEN: Responses = {
+    status.HTTP_403_FORBIDDEN: error(
+        "The post belongs to someone else, or (with REQUIRE_VERIFIED_EMAIL) your email "
+        "address is not verified"
+    )
+}
+UNVERIFIED: Responses = {
+    status.HTTP_403_FORBIDDEN: error("Email address not verified (REQUIRE_VERIFIED_EMAIL)")
+}
 
 
 TOTAL_COUNT_HEADER: Responses = {
@@ -60,8 +68,8 @@ async def read_post(post: VisiblePostDep) -> PostOut:
     return post
 
 
-@router.post("/", status_code=status.HTTP_201_CREATED, responses=UNAUTHORIZED)
-async def create_post(post_in: PostCreate, user: CurrentUser) -> PostPublic:
+@router.post("/", status_code=status.HTTP_201_CREATED, responses={**UNAUTHORIZED, **UNVERIFIED})
+async def create_post(post_in: PostCreate, user: WritingUser) -> PostPublic:
     """Write a post; `published: false` keeps it a draft only you can see."""
     owner = PostOwner(email=user.email, created_at=user.created_at)
     post = Post(**post_in.model_dump(), owner_id=id_of(user), owner=owner)

@@ -4,7 +4,7 @@ from fastapi import HTTPException, Request, status
 from pymongo.errors import DuplicateKeyError
 
 from service import accounts, deps
-from service.deps import CurrentUser, SettingsDep
+from service.deps import CurrentUser, MailSenderDep, SettingsDep
 from service.models import (
     AccountDeletion,
     PasswordChange,
@@ -30,8 +30,12 @@ UNAUTHORIZED: Responses = {status.HTTP_401_UNAUTHORIZED: error("Missing or inval
     status_code=status.HTTP_201_CREATED,
     responses={status.HTTP_409_CONFLICT: error("Email already registered")},
 )
-async def create_user(user_in: UserCreate, settings: SettingsDep) -> UserPublic:
-    """Register a user; the email is trimmed and lower-cased, the password stored hashed."""
+async def create_user(
+    user_in: UserCreate, settings: SettingsDep, sender: MailSenderDep
+) -> UserPublic:
+    """Register a user; the email is trimmed and lower-cased, the password stored hashed.
+
+    A verification mail goes to the address (POST /auth/verify takes its token)."""
     user = User(
         email=user_in.email,
         hashed_password=await hash_password(user_in.password, settings),
@@ -42,6 +46,7 @@ async def create_user(user_in: UserCreate, settings: SettingsDep) -> UserPublic:
     except DuplicateKeyError:
         # The unique index decides, so two simultaneous registrations get one 201, one 409.
         raise HTTPException(status.HTTP_409_CONFLICT, "Email already registered") from None
+    await sender.queue("email_verification", user.email, user_id=id_of(user))
     return UserPublic.model_validate(user)
 
 
@@ -88,7 +93,7 @@ async def update_password(
     check = await check_password(user, password_in.current_password, request, settings)
     hashed = await hash_password(password_in.new_password, settings)
     changed = await accounts.end_all_sessions(
-        id_of(user), unchanged=user, also_set={"hashed_password": hashed}
+        id_of(user), unchanged=user, also_set={"hashed_password": hashed, "password_reset": None}
     )
     if changed is None:  # the password changed, sessions ended or the user went meanwhile
         raise HTTPException(

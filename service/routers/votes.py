@@ -12,7 +12,7 @@ from fastapi import HTTPException, status
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from service.deps import CurrentUser
+from service.deps import CurrentUser, WritingUser
 from service.models import Message, Post, Vote, VoteCreate, id_of
 from service.models.base import new_id
 from service.routing import CollectionRouter, error
@@ -25,11 +25,12 @@ router = CollectionRouter(prefix="/vote", tags=["Vote"])
     status_code=status.HTTP_201_CREATED,
     responses={
         status.HTTP_401_UNAUTHORIZED: error("Missing or invalid token"),
+        status.HTTP_403_FORBIDDEN: error("Email address not verified (REQUIRE_VERIFIED_EMAIL)"),
         status.HTTP_404_NOT_FOUND: error("No such post, or no vote to take back"),
         status.HTTP_409_CONFLICT: error("Already voted on this post"),
     },
 )
-async def vote(vote_in: VoteCreate, user: CurrentUser) -> Message:
+async def vote(vote_in: VoteCreate, user: WritingUser) -> Message:
     """`dir: 1` votes for a post, `dir: 0` takes the vote back."""
     if vote_in.dir == 1:
         await add_vote(vote_in, user)
