@@ -65,6 +65,23 @@ def summary(samples: list[float]) -> str:
     )
 
 
+def server_env(directory: str, **settings: str) -> dict[str, str]:
+    """The environment of a `social-api serve` on an embedded store of its own in
+    `directory`: this one's, without what would point it elsewhere, and `settings`."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"MONGODB_URL", "SECRET_KEY", "EMBEDDED_STORE_URL"}
+        and not key.startswith("SMTP_")
+    }
+    env.update(
+        DATA_DIR=str(Path(directory) / "data"),
+        EMBEDDED_PORT="0",  # any free port: a developer's own store may hold 27018
+        **settings,
+    )
+    return env
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20, help="logins of each kind")
@@ -74,15 +91,9 @@ def main() -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as directory:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in {"MONGODB_URL", "SECRET_KEY", "EMBEDDED_STORE_URL"}
-        }
-        env.update(
-            DATA_DIR=str(Path(directory) / "data"),
+        env = server_env(
+            directory,
             EMBEDDED_STORAGE="memory",
-            EMBEDDED_PORT="0",  # any free port: a developer's own store may hold 27018
             BCRYPT_ROUNDS=str(args.rounds),
             LOGIN_MAX_FAILURES_PER_EMAIL="1000000",
             LOGIN_MAX_FAILURES_PER_ADDRESS="1000000",
