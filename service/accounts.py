@@ -167,6 +167,7 @@ async def end_all_sessions(
     user_id: PydanticObjectId,
     *,
     unchanged: User | None = None,
+    where: dict[str, Any] | None = None,
     also_set: dict[str, Any] | None = None,
 ) -> User | None:
     """End every session of a user; return the user as it now is.
@@ -175,10 +176,10 @@ async def end_all_sessions(
     password hash); marking the refresh tokens revoked afterwards is for whoever reads them.
     With `unchanged`, the write happens only if the user's epoch and password hash are still
     those of that copy: a request that checked the password against it must not act after
-    the password changed or every session ended in the meantime. None if nothing matched
-    (or the user is gone).
+    the password changed or every session ended in the meantime. `where` adds conditions of
+    its own (a reset token still live). None if nothing matched (or the user is gone).
     """
-    match: dict[str, Any] = {"_id": user_id}
+    match: dict[str, Any] = {**(where or {}), "_id": user_id}
     if unchanged is not None:
         match |= {
             "session_epoch": unchanged.session_epoch,

@@ -183,8 +183,8 @@ class Settings(BaseSettings):
     @classmethod
     def _sender(cls, value: str) -> str:
         _, address = parseaddr(value)
-        if "@" not in address:
-            raise ValueError("must be an address, or a name and <address>")
+        if "@" not in address or any(not c.isprintable() for c in value):
+            raise ValueError("must be an address, or a name and <address>, on one line")
         return value
 
     @property

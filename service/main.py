@@ -60,16 +60,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             retry = asyncio.create_task(db.initialise_when_reachable(database, initialised))
         await security.warm_up(settings)
         app.state.mail_sender = sender = mail.Sender(settings, recovery.PREPARERS)
-        sending = asyncio.create_task(sender.run(initialised), name="outbox sender")
-        app.state.mail_sending = sending
+        app.state.mail_sending = asyncio.create_task(sender.run(initialised), name="outbox")
+        logger.info("Mail goes %s", sender.describe())
         try:
             yield
         finally:
-            for task in (retry, sending):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await sender.close(app.state.mail_sending)
+            if retry is not None:
+                retry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retry
 
 
 def _is_secret(key: object) -> bool:

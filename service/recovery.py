@@ -53,7 +53,6 @@ async def _link_mail(
         text="\n\n".join([*paragraphs, link, f"Your token: {token}"]) + "\n",
         html=page(subject, paragraphs, link, action),
         link=link,
-        token_expires_at=stored.expires_at,
     )
 
 
@@ -112,25 +111,25 @@ def _live(field: str, token: str) -> dict[str, object]:
 
 async def reset_password(token: str, new_password: str, settings: Settings) -> bool:
     """Set a new password with a reset token; every session ends. False if the token is
-    wrong, used, expired, or the password changed since it was sent."""
-    # Used up here, before the hash: of two requests with one token, one gets it.
-    claimed = await User.find_one(_live("password_reset", token)).update(
-        {"$set": {"password_reset": None}}, response_type=UpdateResponse.NEW_DOCUMENT
-    )
-    if not isinstance(claimed, User):
+    wrong, used, expired, or voided (a newer one, a password change) meanwhile."""
+    # Only a live token's holder gets a hash computed for them.
+    user = await User.find_one(_live("password_reset", token))
+    if user is None:
         return False
     hashed = await hash_password(new_password, settings)
-    # Only if the password and sessions are still as the token found them; the link proved
-    # the address too.
+    # One write uses the token up, sets the password and ends every session, on condition
+    # that the token is still live: of two requests with one token one gets it, and neither
+    # a logout nor a login in the meantime can spend the token and leave the password as it
+    # was. The link proved the address too.
     changed = await accounts.end_all_sessions(
-        id_of(claimed),
-        unchanged=claimed,
+        id_of(user),
+        where=_live("password_reset", token),
         also_set={"hashed_password": hashed, "password_reset": None, "email_verified": True},
     )
     if changed is None:
         return False
     # The failed logins of the old password no longer count against the email.
-    await LoginAttempt.find(LoginAttempt.key == email_key(claimed.email)).delete()
+    await LoginAttempt.find(LoginAttempt.key == email_key(user.email)).delete()
     return True
 
 

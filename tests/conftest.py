@@ -154,9 +154,12 @@ async def quiet_outbox(app: FastAPI) -> AsyncIterator[None]:
 @pytest.fixture
 async def restore_beanie(app: FastAPI) -> AsyncIterator[None]:
     """For tests that start apps of their own: Beanie binds its documents to one database per
-    process, so afterwards they are bound back to the suite's."""
+    process, so afterwards they are bound back to the suite's. The suite app's outbox sender
+    stops meanwhile: it would work through the other app's client."""
+    await stop_sender(app)
     yield
     await init_beanie(database=app.state.database, document_models=list(DOCUMENTS))
+    start_sender(app)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ class CommandCounter(monitoring.CommandListener):
 
 @pytest.fixture
 async def counted(
-    settings, restore_beanie, quiet_outbox
+    settings, restore_beanie
 ) -> AsyncIterator[tuple[httpx.AsyncClient, CommandCounter]]:
     counter = CommandCounter()
     app = create_app(settings, command_listeners=[counter])
@@ -145,6 +145,22 @@ async def test_an_unknown_email_costs_what_a_wrong_password_costs(counted, email
         response = await login_form(client, typed, "wrong password")
         answers[typed] = (response.status_code, response.json(), list(counter.targets))
     assert answers[user.email] == answers[email] == (403, {"detail": "Invalid Credentials"}, FAILED)
+
+
+async def test_forgot_password_sends_the_same_commands_whether_or_not_the_account_exists(
+    counted,
+) -> None:
+    """The request never reads the account: the outbox's sender (stopped here) does."""
+    client, counter = counted
+    user = await create_user(client)
+    answers = []
+    for typed in (user.email, unique_email()):
+        counter.clear()
+        response = await client.post("/auth/forgot-password", json={"email": typed})
+        answers.append((response.status_code, response.content, list(counter.targets)))
+    queued = [("insert", "login_attempts"), ("find", "login_attempts"), ("insert", "outbox")]
+    assert answers[0][2] == queued
+    assert answers[0] == answers[1]
 
 
 async def test_a_throttled_login_costs_three_commands(counted) -> None:

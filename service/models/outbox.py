@@ -27,15 +27,10 @@ class OutboxMessage(Document):
     due_at: datetime = Field(default_factory=utc_now)
     attempts: int = 0
     created_at: datetime = Field(default_factory=utc_now)
-    # Written when a sender prepares the mail (the token it carries is made then), and
-    # removed once it is sent or skipped: a message done with keeps no usable token. One
-    # still waiting (or failed) keeps its text, so that each retry sends the same mail; its
-    # token stops working at `token_expires_at` all the same.
+    # The sender that holds it (while `sending`): each of its updates is made under this id.
+    claim: str | None = None
+    # The mail itself is never stored (it carries a token); the subject is, once it is sent.
     subject: str | None = None
-    text: str | None = None
-    html: str | None = None
-    link: str | None = None
-    token_expires_at: datetime | None = None
     sent_at: datetime | None = None
     last_error: str | None = None
     # Set when the message is done with (sent or skipped): the TTL index deletes it then.

@@ -92,9 +92,12 @@ async def login(
         raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID_CREDENTIALS)
     user = User.model_validate(checked.account)
     if needs_rehash(user.hashed_password, settings.bcrypt_rounds):
-        # The only moment the password is at hand: raise an old hash to the configured cost.
+        # The only moment the password is at hand: raise an old hash to the configured cost,
+        # unless the password changed meanwhile (a reset, a change), which must stand.
         rehashed = await hash_password(form.password, settings)
-        await user.set({User.hashed_password: rehashed})
+        await User.find_one({"_id": user.id, "hashed_password": user.hashed_password}).update(
+            {"$set": {"hashed_password": rehashed}}
+        )
     # The session's refresh token records the success: the email's counter resets with it.
     return await accounts.start_session(user, settings, check=checked.check)
 
