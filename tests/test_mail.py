@@ -391,8 +391,10 @@ async def queued_verification(settings: Settings) -> OutboxMessage:
     return message
 
 
-async def test_a_permanent_refusal_fails_the_message_at_once(quiet_outbox, settings, caplog):
-    handler = Refusing("550 5.1.1 No such mailbox")
+async def one_try_at(settings: Settings, reply: str) -> tuple[Refusing, Sender, OutboxMessage]:
+    """One attempt at a verification mail, to an SMTP server that answers every recipient
+    with `reply`."""
+    handler = Refusing(reply)
     server = Controller(handler, hostname="127.0.0.1", port=free_port())
     server.start()
     try:
@@ -404,6 +406,11 @@ async def test_a_permanent_refusal_fails_the_message_at_once(quiet_outbox, setti
         assert await sender.send_next()
     finally:
         server.stop()
+    return handler, sender, message
+
+
+async def test_a_permanent_refusal_fails_the_message_at_once(quiet_outbox, settings, caplog):
+    handler, _, message = await one_try_at(settings, "550 5.1.1 No such mailbox")
     failed = await OutboxMessage.get(message.id)
     assert failed is not None
     assert (failed.status, failed.attempts, handler.tried) == ("failed", 1, 1)
@@ -477,18 +484,7 @@ async def test_an_unreachable_server_holds_back_the_other_messages_for_a_while(
 
 
 async def test_a_4xx_answer_is_tried_again_later(quiet_outbox, settings):
-    handler = Refusing("451 4.3.0 Try again later")
-    server = Controller(handler, hostname="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        sender = Sender(
-            make_settings(settings.mongodb_url or "", settings.mongodb_db, smtp_port=server.port),
-            PREPARERS,
-        )
-        message = await queued_verification(settings)
-        assert await sender.send_next()
-    finally:
-        server.stop()
+    _, sender, message = await one_try_at(settings, "451 4.3.0 Try again later")
     waiting = await OutboxMessage.get(message.id)
     assert waiting is not None and (waiting.status, waiting.attempts) == ("pending", 1)
     assert waiting.last_error is not None and "451" in waiting.last_error
