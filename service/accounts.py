@@ -18,6 +18,7 @@ document update, ordered so that a failure halfway leaves the tokens refused, ne
 """
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from pydantic import BaseModel, Field
 from pymongo.results import DeleteResult
 
 from service.config import Settings
-from service.models import LoginAttempt, Post, RefreshToken, TokenPair, User, Vote, id_of
+from service.models import Comment, LoginAttempt, Post, RefreshToken, TokenPair, User, Vote, id_of
 from service.models.base import new_id, utc_now
 from service.models.session import PasswordCheck
 from service.security import (
@@ -198,10 +199,11 @@ async def end_all_sessions(
 
 
 async def delete_account(user: User) -> bool:
-    """Delete a user with their posts, every vote on those posts, their votes, their sessions.
+    """Delete a user with their posts, every vote and comment on those posts, their votes and
+    comments, their sessions.
 
-    Each of the user's votes on other users' posts is taken back with its count. The order
-    makes a retry safe:
+    Each of the user's votes and comments on other users' posts is taken back with its count.
+    The order makes a retry safe:
     sessions end first (a failure later leaves an account that can log in and delete again),
     the posts go before the votes on them (a vote cannot land on a post that is going), and
     the user document goes last. False, and nothing deleted, if the password changed or every
@@ -236,8 +238,13 @@ class _VoteOn(_Id):
     post_id: PydanticObjectId
 
 
+class _CommentOn(_VoteOn):
+    """A projection: a comment's id and its post."""
+
+
 async def _delete_content(user_id: PydanticObjectId) -> None:
-    """The user's posts, the votes on them, and the user's votes (with the counts they made)."""
+    """The user's posts, the votes and comments on them, and the user's votes and comments
+    (with the counts they made)."""
     post_ids = [row.id async for row in Post.find(Post.owner_id == user_id, projection_model=_Id)]
     # Published posts are counted off by what each command deleted (drafts are counted on the
     # user document, which goes too). A post published or unpublished meanwhile is left by one
@@ -262,6 +269,15 @@ async def _delete_content(user_id: PydanticObjectId) -> None:
         await Post.find(In(Post.id, counted[start : start + BATCH])).update_many(
             {"$inc": {"votes": -1}}
         )
+    for start in range(0, len(post_ids), BATCH):
+        await Comment.find(In(Comment.post_id, post_ids[start : start + BATCH])).delete()
+    # The user's comments on other posts, one by one like the votes; a post may lose several.
+    lost: Counter[PydanticObjectId] = Counter()
+    async for row in Comment.find(Comment.author_id == user_id, projection_model=_CommentOn):
+        if await _deleted(Comment.find_one(Comment.id == row.id).delete()):
+            lost[row.post_id] += 1
+    for post_id, number in lost.items():
+        await Post.find_one(Post.id == post_id).update({"$inc": {"comments": -number}})
 
 
 async def _deleted(deletion: Awaitable[DeleteResult | None]) -> int:

@@ -393,9 +393,9 @@ def import_data(
                         )
                 typer.echo(f"{name}: {len(documents)} documents imported")
             # The files may come from different moments (or from mongoexport): each post's
-            # owner and vote count are derived from what was imported, not taken on trust.
+            # owner and counts are derived from what was imported, not taken on trust.
             posts, tallies = await derived.recount(connected)
-            typer.echo(f"posts: {posts} owners or vote counts derived")
+            typer.echo(f"posts: {posts} owners or counts derived")
             typer.echo(f"tallies: {tallies} published count or drafts derived")
 
     run(load)
@@ -403,7 +403,8 @@ def import_data(
 
 @app.command()
 def recount() -> None:
-    """Derive every post's owner and vote count again from users and votes (a repair)."""
+    """Derive every post's owner and its vote and comment counts again from users, votes and
+    comments (a repair)."""
     settings = load_settings()
 
     async def derive() -> None:

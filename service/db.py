@@ -119,7 +119,10 @@ ADDED_FIELDS: dict[str, dict[str, Any]] = {
     "login_attempts": {"failed": None},
 }
 # Fields added later whose value is derived from other collections (service/derived.py).
-DERIVED_FIELDS: dict[str, tuple[str, ...]] = {"posts": ("owner", "votes"), "users": ("drafts",)}
+DERIVED_FIELDS: dict[str, tuple[str, ...]] = {
+    "posts": ("owner", "votes", "comments"),
+    "users": ("drafts",),
+}
 
 
 async def migrate(database: Database) -> None:
@@ -127,7 +130,7 @@ async def migrate(database: Database) -> None:
     mongosh or an export shows is what the API reads."""
     changed = await derive_post_fields(database, only_lacking=True)
     if changed:
-        logger.warning("Migrated posts: %d got their owner and vote count", changed)
+        logger.warning("Migrated posts: %d got their owner and counts", changed)
     changed = await derive_tallies(database, only_lacking=True)
     if changed:
         logger.warning("Migrated the feed's tallies: %d published count or drafts derived", changed)

@@ -46,6 +46,14 @@ async def get_mail_sender(request: Request) -> Sender:
 
 
 MailSenderDep = Annotated[Sender, Depends(get_mail_sender)]
+
+
+def cursor_secret(settings: Settings) -> str:
+    """What page cursors are signed with (service/cursors.py): SECRET_KEY, resolved at start."""
+    assert settings.secret_key is not None, "the lifespan resolves SECRET_KEY"
+    return settings.secret_key.get_secret_value()
+
+
 TokenDep = Annotated[str | None, Depends(oauth2_scheme)]
 
 

@@ -1,8 +1,9 @@
-"""Values derived from other documents: each post's owner and vote count (`Post.owner`,
-`Post.votes`), and the feed's tallies (the published count in `counters` and each user's
-`drafts`; see service/tallies.py).
+"""Values derived from other documents: each post's owner, vote count and comment count
+(`Post.owner`, `Post.votes`, `Post.comments`), and the feed's tallies (the published count
+in `counters` and each user's `drafts`; see service/tallies.py).
 
-The API keeps them in step as it writes. They are derived here from `users` and `votes`:
+The API keeps them in step as it writes. They are derived here from `users`, `votes` and
+`comments`:
 - at start-up, for posts that lack them (written before they existed, or imported from an
   older export while no API process ran);
 - after `social-api import`, for every post, since the files may not agree;
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 BATCH = 1000  # posts per round of commands
 PASSES = 3
 
-LACKING = {"$or": [{"owner": {"$exists": False}}, {"votes": {"$exists": False}}]}
+COUNTED = ("votes", "comments")  # each post's count of the documents of these collections
+LACKING = {"$or": [{field: {"$exists": False}} for field in ("owner", *COUNTED)]}
 
 
 async def recount(database: AsyncDatabase[dict[str, Any]]) -> tuple[int, int]:
@@ -56,7 +58,7 @@ async def derive_post_fields(
             break
         rechecked = await _derive(database, rechecked)
     if rechecked:
-        logger.warning("%d posts' vote counts kept changing while recounted", len(rechecked))
+        logger.warning("%d posts' counts kept changing while recounted", len(rechecked))
     return len(changed)
 
 
@@ -69,17 +71,9 @@ async def _derive(database: AsyncDatabase[dict[str, Any]], ids: list[Any]) -> li
 
 async def _derive_batch(database: AsyncDatabase[dict[str, Any]], ids: list[Any]) -> list[Any]:
     posts = database["posts"]
-    fields = {"owner_id": 1, "owner": 1, "votes": 1}
+    fields = {"owner_id": 1, "owner": 1, **dict.fromkeys(COUNTED, 1)}
     rows = await posts.find({"_id": {"$in": ids}}, fields).to_list()
-    counts = {
-        row["_id"]: row["n"]
-        async for row in await database["votes"].aggregate(
-            [
-                {"$match": {"post_id": {"$in": ids}}},
-                {"$group": {"_id": "$post_id", "n": {"$sum": 1}}},
-            ]
-        )
-    }
+    counts = {name: await _counts(database, name, ids) for name in COUNTED}
     owners = {
         row["_id"]: {"email": row["email"], "created_at": row["created_at"]}
         async for row in database["users"].find(
@@ -96,11 +90,27 @@ async def _derive_batch(database: AsyncDatabase[dict[str, Any]], ids: list[Any])
     return [post_id for post_id, _ in updates]
 
 
+async def _counts(database: AsyncDatabase[dict[str, Any]], name: str, ids: list[Any]) -> Any:
+    """How many documents of collection `name` each of these posts has (absent: none)."""
+    return {
+        row["_id"]: row["n"]
+        async for row in await database[name].aggregate(
+            [
+                {"$match": {"post_id": {"$in": ids}}},
+                {"$group": {"_id": "$post_id", "n": {"$sum": 1}}},
+            ]
+        )
+    }
+
+
 def _updates(
-    rows: list[dict[str, Any]], counts: dict[Any, int], owners: dict[Any, dict[str, Any]]
+    rows: list[dict[str, Any]],
+    counts: dict[str, dict[Any, int]],
+    owners: dict[Any, dict[str, Any]],
 ) -> Iterable[tuple[Any, UpdateOne]]:
     for row in rows:
-        wanted = {"votes": counts.get(row["_id"], 0), "owner": owners.get(row["owner_id"])}
+        wanted: dict[str, Any] = {name: counts[name].get(row["_id"], 0) for name in COUNTED}
+        wanted["owner"] = owners.get(row["owner_id"])
         if any(row.get(field, ...) != value for field, value in wanted.items()):
             yield row["_id"], UpdateOne({"_id": row["_id"]}, {"$set": wanted})
 

@@ -168,3 +168,16 @@ class CollectionRouter(APIRouter):
         super().add_api_route(path, endpoint, **kwargs)
         if path == "/" and self.prefix:
             super().add_api_route("", endpoint, **{**kwargs, "include_in_schema": False})
+
+
+# The headers of a page that has a next one (the feed, a post's comments).
+NEXT_PAGE_HEADERS: dict[str, Any] = {
+    "Link": {
+        "description": 'The next page, as `<url>; rel="next"` (RFC 8288), if any',
+        "schema": {"type": "string"},
+    },
+    "X-Next-Cursor": {
+        "description": "The `cursor` of the next page, if any",
+        "schema": {"type": "string"},
+    },
+}

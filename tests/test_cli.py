@@ -6,6 +6,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from service.security import verify_password_sync
 from tests.conftest import TEST_SECRET_KEY, free_port
 
 runner = CliRunner()
-COLLECTIONS = ("users", "posts", "votes")
+COLLECTIONS = ("users", "posts", "votes", "comments")
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_seed_makes_what_it_is_asked_for(use_db, mongodb_url):
     assert result.exit_code == 0, result.output
     assert "seeded 5 users, 20 posts and 30 votes" in result.output
     data = raw(mongodb_url, name)
-    assert [len(data[c]) for c in COLLECTIONS] == [5, 20, 30]
+    assert [len(data[c]) for c in COLLECTIONS] == [5, 20, 30, 0]
     pairs = {(v["post_id"], v["user_id"]) for v in data["votes"]}
     assert len(pairs) == 30  # distinct user and post each
     users = {u["_id"] for u in data["users"]}
@@ -168,7 +169,7 @@ def test_import_derives_owners_and_counts_from_the_imported_files(use_db, mongod
     target = use_db()
     imported = runner.invoke(cli, ["import", str(tmp_path / "dump")])
     assert imported.exit_code == 0, imported.output
-    assert "posts: 5 owners or vote counts derived" in imported.output
+    assert "posts: 5 owners or counts derived" in imported.output
     assert raw(mongodb_url, target)["posts"] == expected
 
 
@@ -183,10 +184,25 @@ def test_export_then_import_round_trips_every_document(use_db, mongodb_url, tmp_
     source = use_db()
     seeded = runner.invoke(cli, ["seed", "--users", "4", "--posts", "15", "--votes", "25"])
     assert seeded.exit_code == 0, seeded.output
+    with MongoClient[dict[str, Any]](mongodb_url, tz_aware=True) as client:
+        post = found(client[source]["posts"].find_one({"published": True}))
+        author = found(client[source]["users"].find_one())
+        for text in ("first", "second"):
+            client[source]["comments"].insert_one(
+                {
+                    "post_id": post["_id"],
+                    "author_id": author["_id"],
+                    "author": {"email": author["email"], "created_at": author["created_at"]},
+                    "content": text,
+                    "created_at": datetime.now(UTC),
+                }
+            )
+        client[source]["posts"].update_one({"_id": post["_id"]}, {"$set": {"comments": 2}})
     exported = runner.invoke(cli, ["export", str(tmp_path / "dump")])
     assert exported.exit_code == 0, exported.output
     # Sessions and login attempts are state of the moment, not data: they are not exported.
-    assert sorted(os.listdir(tmp_path / "dump")) == ["posts.json", "users.json", "votes.json"]
+    dump = sorted(os.listdir(tmp_path / "dump"))
+    assert dump == ["comments.json", "posts.json", "users.json", "votes.json"]
     lines = (tmp_path / "dump" / "posts.json").read_text().splitlines()
     assert len(lines) == 15 and '"_id": {"$oid": "' in lines[0] and '{"$date": "' in lines[0]
 

@@ -118,6 +118,8 @@ async def test_openapi_document_describes_the_contract(app):
         "/posts/",
         "/posts/{post_id}",
         "/vote/",
+        "/posts/{post_id}/comments",
+        "/comments/{comment_id}",
     }
     feed = spec["paths"]["/posts/"]["get"]["responses"]
     assert "X-Total-Count" in feed["200"]["headers"]

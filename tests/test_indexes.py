@@ -9,6 +9,7 @@ a new query on an unindexed field fails here, on any store.
 from typing import Any
 
 import httpx
+import pytest
 from asgi_lifespan import LifespanManager
 from pymongo import monitoring
 
@@ -159,6 +160,15 @@ async def run_every_route(client: httpx.AsyncClient) -> None:
     await client.post("/vote/", headers=bob.headers, json={"post_id": post["id"], "dir": 1})
     await client.post("/vote/", headers=ann.headers, json={"post_id": draft["id"], "dir": 1})
     await client.post("/vote/", headers=bob.headers, json={"post_id": post["id"], "dir": 0})
+    comments = f"/posts/{post['id']}/comments"
+    made = (await client.post(comments, headers=ann.headers, json={"content": "c"})).json()
+    await client.post(comments, headers=bob.headers, json={"content": "d"})
+    first = await client.get(f"{comments}?limit=1", headers=bob.headers)
+    cursor = first.headers["x-next-cursor"]
+    await client.get(comments, params={"limit": 1, "cursor": cursor}, headers=bob.headers)
+    await client.delete(f"/comments/{made['id']}", headers=bob.headers)  # 403: not theirs
+    await client.delete(f"/comments/{made['id']}", headers=ann.headers)
+    await client.post(f"/posts/{draft['id']}/comments", headers=ann.headers, json={"content": "e"})
     pair = (await client.post("/auth/refresh", json={"refresh_token": ann.refresh_token})).json()
     await client.post("/auth/refresh", json={"refresh_token": ann.refresh_token})  # a replay
     other = await login_pair(client, bob.email)
@@ -197,6 +207,7 @@ async def test_every_query_of_every_route_is_served_by_a_declared_index(settings
         "votes",
         "refresh_tokens",
         "login_attempts",
+        "comments",
         COUNTERS,
     }
     unserved: list[tuple[str, list[str] | str]] = []
@@ -208,6 +219,47 @@ async def test_every_query_of_every_route_is_served_by_a_declared_index(settings
             if not sort_served(sort, matched, indexes[collection]):
                 unserved.append((collection, f"sort {sort}"))
     assert unserved == []
+
+
+@pytest.mark.parametrize("search", ["", "post"])
+async def test_a_cursor_page_is_a_range_of_the_feeds_indexes_with_no_skip(
+    settings, restore_beanie, search
+):
+    recorder = Recorder()
+    app = create_app(settings, command_listeners=[recorder])
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            ann, bob = await create_user(client), await create_user(client)
+            for published in (True, True, False):
+                await create_post(client, bob, published=published)
+            await create_post(client, ann)
+            params: dict[str, str | int] = {"limit": 1, "search": search}
+            first = await client.get("/posts/", params=params, headers=bob.headers)
+            recorder.commands.clear()
+            cursor = first.headers["x-next-cursor"]
+            page = await client.get(
+                "/posts/", params={**params, "cursor": cursor}, headers=bob.headers
+            )
+            assert page.status_code == 200 and len(page.json()) == 1
+    [pipeline] = [c["pipeline"] for name, c in recorder.commands if name == "aggregate"]
+    stages = [stage for stage in pipeline if "$facet" not in stage] + [
+        stage for facet in pipeline if "$facet" in facet for stage in facet["$facet"]["items"]
+    ]
+    assert not any("$skip" in stage for stage in stages), pipeline
+    # The range: every branch of the feed's $or, each with a bound on (created_at, _id), and
+    # each the prefix of one of the feed's indexes, in the feed's order.
+    [ranged] = [
+        stage["$match"] for stage in stages if "$match" in stage and "created_at" in str(stage)
+    ]
+    branches = ranged["$or"] if "$or" in ranged else ranged["$and"][0]["$or"]
+    assert len(branches) == 4
+    indexes = index_keys()["posts"]
+    for branch in branches:
+        assert "created_at" in branch
+        assert served(set(branch), indexes)
+        matched = set(branch) - {"created_at", "_id"}
+        assert sort_served(["created_at", "_id"], matched, indexes), branch
 
 
 def test_the_shape_check_can_fail():

@@ -368,7 +368,7 @@ async def test_read_post_returns_post_and_votes(client: httpx.AsyncClient) -> No
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"Post", "votes"}
+    assert set(body) == {"Post", "votes", "comments"}
     assert same_post(body["Post"], post)
     assert body["votes"] == 0
 
@@ -424,7 +424,7 @@ async def test_list_returns_postout_items(client: httpx.AsyncClient) -> None:
 
     assert response.status_code == 200, response.text
     [item] = response.json()
-    assert set(item) == {"Post", "votes"}
+    assert set(item) == {"Post", "votes", "comments"}
     assert same_post(item["Post"], post)
     assert item["votes"] == 0
     assert response.headers["x-total-count"] == "1"
@@ -989,3 +989,54 @@ async def test_deleting_an_account_takes_its_posts_off_everyone_s_total(
     after = await list_posts(client, stayer)
     assert after.headers["x-total-count"] == "2"
     await assert_totals_match_the_lists(client, [stayer])
+
+
+async def test_the_feed_pages_by_cursor_through_its_link_header(client):
+    owner, viewer = await create_user(client), await create_user(client)
+    made = [await create_post(client, owner, title=f"cursor {n}") for n in range(5)]
+    await create_post(client, owner, title="cursor draft", published=False)
+    url: str | None = "/posts/?limit=2&search=cursor"
+    seen: list[str] = []
+    while url is not None:
+        response = await client.get(url, headers=viewer.headers)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-total-count"] == "5"  # every page: all that match
+        seen += [item["Post"]["title"] for item in response.json()]
+        link = response.headers.get("link")
+        if link is None:
+            assert "x-next-cursor" not in response.headers
+            break
+        match = re.fullmatch(r'<(?P<url>[^>]+)>; rel="next"', link)
+        assert match and "skip" not in match["url"] and "search=cursor" in match["url"]
+        url = match["url"]
+    assert seen == [post["title"] for post in reversed(made)]
+    # A skip page offers the next page by cursor too, without its skip.
+    skipped = await client.get("/posts/?limit=2&skip=1&search=cursor", headers=viewer.headers)
+    assert "skip=" not in skipped.headers["link"]
+
+
+async def test_a_bad_or_foreign_feed_cursor_is_400_and_skip_with_cursor_422(client):
+    owner, viewer = await create_user(client), await create_user(client)
+    for n in range(3):
+        await create_post(client, owner, title=f"t{n}")
+    first = await client.get("/posts/?limit=1", headers=viewer.headers)
+    cursor = first.headers["x-next-cursor"]
+    refused = [
+        await client.get("/posts/", params={"cursor": bad}, headers=viewer.headers)
+        for bad in ("nonsense", cursor[:-4] + "AAAA", "")
+    ]
+    # Another viewer's feed, and the same feed with another search, do not take it.
+    refused.append(await client.get("/posts/", params={"cursor": cursor}, headers=owner.headers))
+    refused.append(
+        await client.get(
+            "/posts/", params={"cursor": cursor, "search": "t"}, headers=viewer.headers
+        )
+    )
+    for response in refused:
+        assert (response.status_code, response.json()) == (400, {"detail": "Invalid cursor"})
+    both = await client.get("/posts/", params={"cursor": cursor, "skip": 0}, headers=viewer.headers)
+    assert both.status_code == 422
+    assert both.json()["detail"][0]["loc"] == ["query", "skip"]
+    assert (
+        await client.get("/posts/", params={"cursor": "A" * 201}, headers=viewer.headers)
+    ).status_code == 422

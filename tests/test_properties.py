@@ -240,6 +240,25 @@ post_rows = st.lists(
 )
 
 
+def posts_of(
+    rows: list[tuple[int, bool, int, bytes, int]], users: list[LoggedInUser]
+) -> list[Post]:
+    """The posts `post_rows` describe, as an import would write them."""
+    return [
+        Post.model_validate(
+            {
+                "id": PydanticObjectId(raw_id),
+                "title": f"Post {raw_id.hex()}",
+                "content": "content",
+                "published": published,
+                "created_at": BASE_TIME + timedelta(milliseconds=offset),
+                "owner_id": PydanticObjectId(users[owner].id),
+            }
+        )
+        for owner, published, offset, raw_id, _ in rows
+    ]
+
+
 @PROPERTY_SETTINGS
 @given(
     rows=post_rows,
@@ -256,19 +275,7 @@ async def test_paging_partitions_the_feed_in_order(
     window: tuple[int, int],
 ) -> None:
     await empty_posts_and_votes()
-    posts = [
-        Post.model_validate(
-            {
-                "id": PydanticObjectId(raw_id),
-                "title": f"Post {raw_id.hex()}",
-                "content": "content",
-                "published": published,
-                "created_at": BASE_TIME + timedelta(milliseconds=offset),
-                "owner_id": PydanticObjectId(users[owner].id),
-            }
-        )
-        for owner, published, offset, raw_id, _ in rows
-    ]
+    posts = posts_of(rows, users)
     votes = [
         Vote(post_id=PydanticObjectId(raw_id), user_id=PydanticObjectId(user.id))
         for _, _, _, raw_id, mask in rows
@@ -316,3 +323,74 @@ async def test_paging_partitions_the_feed_in_order(
     assert [item["Post"]["id"] for item in page] == expected[
         window_skip : window_skip + window_limit
     ]
+
+
+# --- 3. paging by cursor while the feed changes ----------------------------------------------
+
+# Between pages: (0) nothing, (1) a new post by a user, published or a draft, (2) one of the
+# posts that existed at the start deleted by its owner.
+changes = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, USERS - 1), st.booleans(), st.integers(0, 13)),
+    max_size=8,
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    rows=post_rows,
+    viewer_index=st.integers(0, USERS - 1),
+    limit=st.integers(1, 4),
+    search=st.sampled_from(["", "post", "0"]),
+    between=changes,
+)
+async def test_a_cursor_walk_sees_every_lasting_post_once_while_posts_come_and_go(
+    client: httpx.AsyncClient,
+    users: list[LoggedInUser],
+    rows: list[tuple[int, bool, int, bytes, int]],
+    viewer_index: int,
+    limit: int,
+    search: str,
+    between: list[tuple[int, int, bool, int]],
+) -> None:
+    await empty_posts_and_votes()
+    posts = posts_of(rows, users)
+    if posts:
+        await Post.insert_many(posts)
+    await recount(Post.get_pymongo_collection().database)
+    viewer = users[viewer_index]
+
+    def matches(title: str, content: str) -> bool:
+        return search.lower() in title.lower() or search.lower() in content.lower()
+
+    # The posts the viewer may see and the search finds, by id, as they are at the start.
+    at_start = {
+        str(post.id)
+        for post in posts
+        if (post.published or post.owner_id == PydanticObjectId(viewer.id))
+        and matches(post.title, post.content)
+    }
+    deleted: set[str] = set()
+    walked: list[str] = []
+    params: dict[str, Any] = {"limit": limit, "search": search}
+    for step in range(len(rows) + len(between) + 2):
+        response = await client.get("/posts/", params=params, headers=viewer.headers)
+        assert response.status_code == 200, response.text
+        walked += [item["Post"]["id"] for item in response.json()]
+        cursor = response.headers.get("x-next-cursor")
+        if cursor is None:
+            break
+        params = {"limit": limit, "search": search, "cursor": cursor}
+        if step < len(between):
+            kind, user, published, target = between[step]
+            if kind == 1:
+                await create_post(client, users[user], published=published)
+            elif kind == 2 and posts:
+                post = posts[target % len(posts)]
+                owner = next(u for u in users if u.id == str(post.owner_id))
+                gone = await client.delete(f"/posts/{post.id}", headers=owner.headers)
+                if gone.status_code == 204:
+                    deleted.add(str(post.id))
+    else:
+        raise AssertionError("the walk did not end")
+    assert len(walked) == len(set(walked)), walked  # never twice
+    assert at_start - deleted <= set(walked)  # never misses one that lasted throughout

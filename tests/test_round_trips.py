@@ -147,6 +147,40 @@ async def test_an_unknown_email_costs_what_a_wrong_password_costs(counted, email
     assert answers[user.email] == answers[email] == (403, {"detail": "Invalid Credentials"}, FAILED)
 
 
+@pytest.mark.parametrize("search", ["", "post"])
+async def test_a_page_by_cursor_costs_two_commands_at_any_depth(counted, search: str) -> None:
+    client, counter = counted
+    owner, voter = await create_user(client), await create_user(client)
+    await many_posts(client, owner, voter)
+    params: dict[str, str | int] = {"limit": 10, "search": search}
+    for _ in range(5):
+        counter.clear()
+        response = await client.get("/posts/", params=params, headers=voter.headers)
+        assert response.status_code == 200 and len(response.json()) == 10
+        assert counter.commands == ["find", "aggregate"]
+        params["cursor"] = response.headers["x-next-cursor"]
+
+
+async def test_comments_cost_three_commands_to_write_and_two_a_page(counted) -> None:
+    client, counter = counted
+    user = await create_user(client)
+    post = await create_post(client, user)
+    path = f"/posts/{post['id']}/comments"
+    for number in range(3):
+        counter.clear()
+        made = await client.post(path, json={"content": f"c{number}"}, headers=user.headers)
+        assert made.status_code == 201
+        assert counter.commands == ["find", "insert", "update"]
+    cursor = None
+    for _ in range(3):  # a page by cursor costs what the first page costs
+        counter.clear()
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = await client.get(path, params=params, headers=user.headers)
+        assert page.status_code == 200 and len(page.json()) == 1
+        assert counter.commands == ["find", "aggregate"]
+        cursor = page.headers.get("x-next-cursor")
+
+
 async def test_forgot_password_sends_the_same_commands_whether_or_not_the_account_exists(
     counted,
 ) -> None:

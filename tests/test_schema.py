@@ -37,7 +37,7 @@ from service.models import (
     UserCreate,
     VoteCreate,
 )
-from tests.conftest import make_settings
+from tests.conftest import make_settings, start_sender, stop_sender
 
 EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "25"))
 EMAIL = "fuzz@example.com"
@@ -80,9 +80,12 @@ def fuzz_app(mongodb_url: str) -> FastAPI:
 
 @pytest.fixture(scope="module", autouse=True)
 async def rebind_beanie(app: FastAPI) -> AsyncIterator[None]:
-    """Afterwards, Beanie's documents go back to the suite app's database."""
+    """Afterwards, Beanie's documents go back to the suite app's database; meanwhile the
+    suite app's outbox sender stops, as it would work through the fuzzed app's client."""
+    await stop_sender(app)
     yield
     await init_beanie(database=app.state.database, document_models=list(DOCUMENTS))
+    start_sender(app)
 
 
 def fresh_token(fuzz_app: FastAPI) -> str:

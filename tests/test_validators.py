@@ -42,6 +42,13 @@ GOOD = {
         "revoked_at": NOW,
     },
     "login_attempts": {"key": "address:127.0.0.1", "at": NOW, "expires_at": NOW},
+    "comments": {
+        "post_id": ObjectId(),
+        "author_id": ObjectId(),
+        "author": {"email": "hand@example.com", "created_at": NOW},
+        "content": "Well put.",
+        "created_at": NOW,
+    },
 }
 
 
@@ -99,6 +106,8 @@ async def test_a_valid_document_written_by_hand_is_accepted(app, collection):
         ("refresh_tokens", {"used_at": "never"}),
         ("refresh_tokens", {"expires_at": None}),
         ("login_attempts", {"key": None}),
+        ("comments", {"content": "x" * 2_001}),
+        ("comments", {"author": None}),
     ],
     ids=[
         "user-without-hash",
@@ -115,6 +124,8 @@ async def test_a_valid_document_written_by_hand_is_accepted(app, collection):
         "token-used-at-string",
         "token-without-expiry",
         "attempt-without-key",
+        "comment-too-long",
+        "comment-without-author",
     ],
 )
 async def test_an_invalid_document_written_by_hand_is_refused(app, collection, change):

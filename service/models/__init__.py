@@ -3,6 +3,7 @@
 from beanie import Document
 
 from service.models.base import id_of
+from service.models.comment import Comment, CommentCreate, CommentOut
 from service.models.outbox import OutboxMessage
 from service.models.post import Post, PostCreate, PostOut, PostPublic, PostUpdate
 from service.models.session import (
@@ -15,8 +16,8 @@ from service.models.session import (
 from service.models.user import AccountDeletion, PasswordChange, User, UserCreate, UserPublic
 from service.models.vote import Message, Vote, VoteCreate
 
-# The collections that hold the social network's data: what export, import and seed handle.
-DATA_DOCUMENTS: list[type[Document]] = [User, Post, Vote]
+# The collections that hold the social network's data: what export and import handle.
+DATA_DOCUMENTS: list[type[Document]] = [User, Post, Vote, Comment]
 # Every document init_beanie manages; its order is the order indexes are built in. Sessions
 # and login attempts are state of the moment, and the outbox mail on its way: not data to export.
 DOCUMENTS: list[type[Document]] = [*DATA_DOCUMENTS, RefreshToken, LoginAttempt, OutboxMessage]
@@ -25,6 +26,9 @@ __all__ = [
     "DATA_DOCUMENTS",
     "DOCUMENTS",
     "AccountDeletion",
+    "Comment",
+    "CommentCreate",
+    "CommentOut",
     "LoginAttempt",
     "LogoutRequest",
     "Message",

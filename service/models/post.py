@@ -55,6 +55,7 @@ class Post(Document, PostBase):
     # owner is gone or not yet derived (written by an older version): such a post is not shown.
     owner: PostOwner | None = None
     votes: int = 0
+    comments: int = 0  # the number of documents in `comments` for this post, kept likewise
 
     class Settings:
         name = "posts"
@@ -85,29 +86,58 @@ class Post(Document, PostBase):
 
     @classmethod
     async def read_feed(
-        cls, viewer_id: PydanticObjectId, viewer_drafts: int, *, search: str, skip: int, limit: int
-    ) -> tuple[int, list["PostOut"]]:
-        """One page of the posts the viewer may see, and how many match in all.
+        cls,
+        viewer_id: PydanticObjectId,
+        viewer_drafts: int,
+        *,
+        search: str,
+        skip: int,
+        limit: int,
+        after: tuple[datetime, PydanticObjectId] | None = None,
+    ) -> tuple[int, list["PostOut"], bool]:
+        """One page of the posts the viewer may see, how many match in all, and whether more
+        follow.
 
-        One aggregation answers both, and nothing is joined: posts carry their owner and vote
-        count. Without a search the feed is every published post and the viewer's drafts, so
+        One aggregation answers all three, and nothing is joined: posts carry their owner and
+        counts. Without a search the feed is every published post and the viewer's drafts, so
         its size is the published count (one document of `counters`, added to the page) plus
         the viewer's drafts (`viewer_drafts`, from their user document): only the page is
         read, whatever the number of posts. A search counts its matches as it pages them.
+
+        `after` (a cursor's sort key) starts the page after that post: a range read on each
+        branch's index instead of a skip, so its cost does not depend on its depth.
         """
-        match: dict[str, Any] = cls.visible_to(viewer_id)
+        visible: dict[str, Any] = cls.visible_to(viewer_id)
+        if after is not None:
+            # Each branch of the feed's $or with the range in it, whole, so that each is one
+            # range of its own index, in the feed's order.
+            created_at, post_id = after
+            visible = {
+                "$or": [
+                    {**branch, **bound}
+                    for branch in visible["$or"]
+                    for bound in (
+                        {"created_at": {"$lt": created_at}},
+                        {"created_at": created_at, "_id": {"$lt": post_id}},
+                    )
+                ]
+            }
         order: list[dict[str, Any]] = [{"$sort": FEED_ORDER}]
-        page: list[dict[str, Any]] = [{"$skip": skip}, {"$limit": limit}]
+        page: list[dict[str, Any]] = (
+            [{"$skip": skip}, {"$limit": limit + 1}] if skip else [{"$limit": limit + 1}]
+        )
         if search:
             # A literal, case-insensitive substring: the text is escaped, never a pattern.
             # A BSON regex cannot hold a NUL byte, so NUL goes in as the escape PCRE reads.
             literal = re.escape(search).replace("\x00", "\\x00")
             pattern = {"$regex": literal, "$options": "i"}
-            match = {"$and": [match, {"$or": [{"title": pattern}, {"content": pattern}]}]}
+            found = {"$or": [{"title": pattern}, {"content": pattern}]}
+            everything = {"$and": [cls.visible_to(viewer_id), found]}
+            items = page if after is None else [{"$match": {"$and": [visible, found]}}, *page]
             pipeline = [
-                {"$match": match},
+                {"$match": everything},
                 *order,
-                {"$facet": {"total": [{"$count": "n"}], "items": page}},
+                {"$facet": {"total": [{"$count": "n"}], "items": items}},
             ]
             [result] = await cls.aggregate(pipeline).to_list()
             total = result["total"][0]["n"] if result["total"] else 0
@@ -115,7 +145,7 @@ class Post(Document, PostBase):
         else:
             published = {"$match": {"_id": PUBLISHED_COUNTER}}
             pipeline = [
-                {"$match": match},
+                {"$match": visible},
                 *order,
                 *page,
                 {"$unionWith": {"coll": COUNTERS, "pipeline": [published]}},
@@ -124,7 +154,9 @@ class Post(Document, PostBase):
             counted = [row for row in rows if row.get("_id") == PUBLISHED_COUNTER]
             rows = [row for row in rows if row.get("_id") != PUBLISHED_COUNTER]
             total = (counted[0].get("value", 0) if counted else 0) + viewer_drafts
-        return total, [PostOut.of_row(row) for row in rows if row.get("owner") is not None]
+        more = len(rows) > limit
+        posts = [PostOut.of_row(row) for row in rows[:limit] if row.get("owner") is not None]
+        return total, posts, more
 
 
 class PostCreate(PostBase):
@@ -174,6 +206,7 @@ class PostOut(BaseModel):
 
     post: PostPublic = Field(alias="Post")
     votes: int
+    comments: int
 
     @classmethod
     def of_row(cls, row: Mapping[str, Any]) -> Self:
@@ -185,5 +218,6 @@ class PostOut(BaseModel):
             {
                 "Post": {**row, "id": row["_id"], "owner": public},
                 "votes": row.get("votes", 0),
+                "comments": row.get("comments", 0),
             }
         )

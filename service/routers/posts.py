@@ -1,15 +1,28 @@
 """Posts: the feed, one post, and create, replace and delete for their owner."""
 
+import hashlib
 from typing import Annotated, Any
 
-from fastapi import Query, Response, status
+from beanie import PydanticObjectId
+from fastapi import HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from pymongo.results import UpdateResult
 
-from service.deps import CurrentUser, OwnedPostDep, VisiblePostDep, WritingUser, no_such_post
-from service.models import Post, PostCreate, PostOut, PostPublic, PostUpdate, Vote, id_of
+from service import cursors
+from service.cursors import INVALID_CURSOR
+from service.deps import (
+    CurrentUser,
+    OwnedPostDep,
+    SettingsDep,
+    VisiblePostDep,
+    WritingUser,
+    cursor_secret,
+    no_such_post,
+)
+from service.models import Comment, Post, PostCreate, PostOut, PostPublic, PostUpdate, Vote, id_of
 from service.models.base import new_id
 from service.models.post import PostOwner
-from service.routing import CollectionRouter, Responses, error
+from service.routing import NEXT_PAGE_HEADERS, CollectionRouter, Responses, error
 from service.tallies import count_posts
 
 router = CollectionRouter(prefix="/posts", tags=["Posts"])
@@ -38,27 +51,69 @@ TOTAL_COUNT_HEADER: Responses = {
             "X-Total-Count": {
                 "description": "How many posts match, before limit and skip",
                 "schema": {"type": "integer"},
-            }
+            },
+            **NEXT_PAGE_HEADERS,
         }
     }
 }
+CURSOR_REFUSED: Responses = {status.HTTP_400_BAD_REQUEST: error(INVALID_CURSOR)}
 
 
-@router.get("/", responses={**TOTAL_COUNT_HEADER, **UNAUTHORIZED})
+@router.get("/", responses={**TOTAL_COUNT_HEADER, **UNAUTHORIZED, **CURSOR_REFUSED})
 async def read_posts(
     user: CurrentUser,
+    settings: SettingsDep,
+    request: Request,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size")] = 10,
-    skip: Annotated[int, Query(ge=0, le=MAX_SKIP, description="Posts to skip")] = 0,
+    skip: Annotated[
+        int, Query(ge=0, le=MAX_SKIP, description="Posts to skip (not with `cursor`)")
+    ] = 0,
     search: Annotated[
         str, Query(max_length=300, description="Literal, case-insensitive text in title or content")
     ] = "",
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=cursors.CURSOR_MAX,
+            description="From `X-Next-Cursor` of a page (of the same search): the next page",
+        ),
+    ] = None,
 ) -> list[PostOut]:
-    """Newest posts first, with their vote counts; X-Total-Count says how many match."""
-    total, posts = await Post.read_feed(
-        id_of(user), user.drafts, search=search, skip=skip, limit=limit
+    """Newest posts first, with their counts; X-Total-Count says how many match, and `Link`
+    (or `X-Next-Cursor`) leads to the next page."""
+    viewer = id_of(user)
+    # A cursor belongs to its viewer's feed and its search: elsewhere it is refused.
+    scope = f"feed:{viewer}:{hashlib.sha256(search.encode(errors='surrogatepass')).hexdigest()}"
+    secret = cursor_secret(settings)
+    after = None
+    if cursor is not None:
+        if "skip" in request.query_params:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("query", "skip"),
+                        "msg": "skip cannot be combined with cursor",
+                        "input": request.query_params["skip"],
+                    }
+                ]
+            )
+        try:
+            created_at, post_id = cursors.decode(secret, scope, cursor)
+        except cursors.InvalidCursor:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, INVALID_CURSOR) from None
+        after = (created_at, PydanticObjectId(post_id))
+    total, posts, more = await Post.read_feed(
+        viewer, user.drafts, search=search, skip=skip, limit=limit, after=after
     )
     response.headers["X-Total-Count"] = str(total)
+    if more and posts:
+        last = posts[-1].post
+        following = cursors.encode(secret, scope, last.created_at, last.id)
+        response.headers["X-Next-Cursor"] = following
+        url = request.url.remove_query_params("skip").include_query_params(cursor=following)
+        response.headers["Link"] = f'<{url}>; rel="next"'
     return posts
 
 
@@ -110,7 +165,7 @@ async def update_post(post: OwnedPostDep, post_in: PostUpdate) -> PostPublic:
     responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND},
 )
 async def delete_post(post: OwnedPostDep) -> None:
-    """Delete your post and the votes on it."""
+    """Delete your post, and the votes and comments on it."""
     # PyMongo: Beanie has no find_one_and_delete, and the count to move depends on whether
     # the post as deleted was published.
     deleted = await Post.get_pymongo_collection().find_one_and_delete(
@@ -120,3 +175,4 @@ async def delete_post(post: OwnedPostDep) -> None:
         raise no_such_post(post.id)
     await count_posts(post.owner_id, published=deleted["published"], delta=-1)
     await Vote.find(Vote.post_id == post.id).delete()
+    await Comment.find(Comment.post_id == post.id).delete()
