@@ -125,7 +125,7 @@ async def test_openapi_document_describes_the_contract(app):
     assert "X-Total-Count" in feed["200"]["headers"]
     put = spec["paths"]["/posts/{post_id}"]["put"]
     assert put["operationId"] == "update_post"
-    assert set(put["responses"]) == {"200", "401", "403", "404", "413", "422", "503"}
+    assert set(put["responses"]) == {"200", "401", "403", "404", "412", "413", "422", "503"}
     assert "WWW-Authenticate" in put["responses"]["401"]["headers"]
     assert "Retry-After" in put["responses"]["503"]["headers"]
     operation_ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]

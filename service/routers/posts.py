@@ -4,11 +4,11 @@ import hashlib
 from typing import Annotated, Any
 
 from beanie import PydanticObjectId
-from fastapi import HTTPException, Query, Request, Response, status
+from fastapi import Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pymongo.results import UpdateResult
 
-from service import cursors
+from service import conditional, cursors
 from service.cursors import INVALID_CURSOR
 from service.deps import (
     CurrentUser,
@@ -117,9 +117,56 @@ async def read_posts(
     return posts
 
 
-@router.get("/{post_id}", responses={**UNAUTHORIZED, **NOT_FOUND})
-async def read_post(post: VisiblePostDep) -> PostOut:
-    """One post with its vote count."""
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description="The post's `ETag` as read: the change is made only if it still is (412)",
+        max_length=conditional.HEADER_MAX,
+        pattern=conditional.HEADER_PATTERN,
+    ),
+]
+ETAG_HEADER = {
+    "ETag": {
+        "description": "The version of the post's title, content and published flag",
+        "schema": {"type": "string"},
+    }
+}
+STALE: Responses = {
+    status.HTTP_412_PRECONDITION_FAILED: error("The post changed since it was read (If-Match)")
+}
+
+
+@router.get(
+    "/{post_id}",
+    response_model=PostOut,
+    responses={
+        status.HTTP_200_OK: {"headers": ETAG_HEADER},
+        status.HTTP_304_NOT_MODIFIED: {
+            "description": "The post's ETag is one of If-None-Match's",
+            "headers": ETAG_HEADER,
+        },
+        **UNAUTHORIZED,
+        **NOT_FOUND,
+    },
+)
+async def read_post(
+    post: VisiblePostDep,
+    response: Response,
+    if_none_match: Annotated[
+        str | None,
+        Header(
+            description="ETags the client has: 304 if the post's is one of them",
+            max_length=conditional.HEADER_MAX,
+            pattern=conditional.HEADER_PATTERN,
+        ),
+    ] = None,
+) -> PostOut | Response:
+    """One post with its vote and comment counts, and its `ETag`."""
+    fields = post.post
+    etag = conditional.post_etag(fields.id, fields.title, fields.content, fields.published)
+    if if_none_match is not None and conditional.none_match(if_none_match, etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    response.headers["ETag"] = etag
     return post
 
 
@@ -134,44 +181,75 @@ async def create_post(post_in: PostCreate, user: WritingUser) -> PostPublic:
     return PostPublic.of(post)
 
 
-async def _replaced(post: Post, changes: dict[str, Any]) -> bool:
-    """Whether `changes` were written: only while the post's `published` is as read."""
-    result = await Post.find_one({"_id": post.id, "published": post.published}).update(
-        {"$set": changes}
-    )
+def _etag(post: Post) -> str:
+    return conditional.post_etag(post.id, post.title, post.content, post.published)
+
+
+async def _replaced(post: Post, changes: dict[str, Any], *, whole: bool) -> bool:
+    """Whether `changes` were written: only while the post's `published` is as read, or with
+    `whole`, its title, content and published flag (what its ETag versions)."""
+    match: dict[str, Any] = {"_id": post.id, "published": post.published}
+    if whole:
+        match |= {"title": post.title, "content": post.content}
+    result = await Post.find_one(match).update({"$set": changes})
     return isinstance(result, UpdateResult) and result.matched_count > 0
 
 
-@router.put("/{post_id}", responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND})
-async def update_post(post: OwnedPostDep, post_in: PostUpdate) -> PostPublic:
-    """Replace your post's title, content and published flag."""
+@router.put(
+    "/{post_id}",
+    responses={
+        status.HTTP_200_OK: {"headers": ETAG_HEADER},
+        **UNAUTHORIZED,
+        **FORBIDDEN,
+        **NOT_FOUND,
+        **STALE,
+    },
+)
+async def update_post(
+    post: OwnedPostDep, post_in: PostUpdate, response: Response, if_match: IfMatch = None
+) -> PostPublic:
+    """Replace your post's title, content and published flag; with If-Match, only if it is
+    still the version you read (412 otherwise)."""
+    conditional.if_match(if_match, _etag(post))
     changes = post_in.model_dump()
     # Written only if `published` is still what was read, so that of two simultaneous changes
-    # of it each moves the tallies by what it actually changed.
-    while not await _replaced(post, changes):
+    # of it each moves the tallies by what it actually changed; with If-Match, only if the
+    # whole version is, so that of two editors with one ETag exactly one wins.
+    while not await _replaced(post, changes, whole=if_match is not None):
         again = await Post.get(post.id)
         if again is None:
             raise no_such_post(post.id)
+        if if_match is not None:
+            raise conditional.stale()
         post = again
     if post.published != post_in.published:
         await count_posts(post.owner_id, published=post.published, delta=-1)
         await count_posts(post.owner_id, published=post_in.published, delta=1)
-    return PostPublic.of(post.model_copy(update=changes))
+    updated = post.model_copy(update=changes)
+    response.headers["ETag"] = _etag(updated)
+    return PostPublic.of(updated)
 
 
 @router.delete(
     "/{post_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND},
+    responses={**UNAUTHORIZED, **FORBIDDEN, **NOT_FOUND, **STALE},
 )
-async def delete_post(post: OwnedPostDep) -> None:
-    """Delete your post, and the votes and comments on it."""
+async def delete_post(post: OwnedPostDep, if_match: IfMatch = None) -> None:
+    """Delete your post, and the votes and comments on it; with If-Match, only if it is
+    still the version you read (412 otherwise)."""
+    conditional.if_match(if_match, _etag(post))
+    match: dict[str, Any] = {"_id": post.id}
+    if if_match is not None:
+        match |= {"title": post.title, "content": post.content, "published": post.published}
     # PyMongo: Beanie has no find_one_and_delete, and the count to move depends on whether
     # the post as deleted was published.
     deleted = await Post.get_pymongo_collection().find_one_and_delete(
-        {"_id": post.id}, projection={"published": 1}
+        match, projection={"published": 1}
     )
-    if deleted is None:  # deleted since it was read: the other delete counted it off
+    if deleted is None:  # deleted since it was read (the other delete counted it off), or
+        if if_match is not None and await Post.get(post.id) is not None:  # edited meanwhile
+            raise conditional.stale()
         raise no_such_post(post.id)
     await count_posts(post.owner_id, published=deleted["published"], delta=-1)
     await Vote.find(Vote.post_id == post.id).delete()
