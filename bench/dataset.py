@@ -79,9 +79,10 @@ def drop(database: Database) -> None:
     print(f"dropped the benchmark's database {database.name!r}")
 
 
-def service_env(database: Database, secret_key: str) -> dict[str, str]:
+def service_env(database: Database, secret_key: str, smtp_port: int) -> dict[str, str]:
     """The environment of every server and CLI run: each service setting given explicitly
-    (the defaults but for the database and key), none inherited."""
+    (the defaults but for the database, the key and the SMTP server, which a MongoDB of its
+    own requires: the harness's sink on loopback), none inherited."""
     settings = {name.upper() for name in Settings.model_fields}
     inherited = {"HOST", "PORT", "WEB_CONCURRENCY", *settings}
     env = {k: v for k, v in os.environ.items() if k.upper() not in inherited}
@@ -93,9 +94,20 @@ def service_env(database: Database, secret_key: str) -> dict[str, str]:
         ACCESS_TOKEN_EXPIRE_MINUTES="30",
         LOG_LEVEL="INFO",
         LOG_FORMAT="json",
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(smtp_port),
+        SMTP_SECURITY="none",
         PYTHONPATH=str(ROOT),
     )
     return env
+
+
+class MailSink:
+    """An SMTP server's handler (aiosmtpd) that takes every message and keeps none: the
+    registrations and password changes the benchmark makes send mail."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 Message accepted"
 
 
 def published_posts(database: MongoDatabase[dict[str, Any]]) -> list[str]:

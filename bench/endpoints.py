@@ -278,6 +278,28 @@ UNVOTE = "POST /vote/ (dir 0)"
 LOGIN = "POST /login"
 
 
+# A page 9,000 posts deep, by skip and by cursor (the large store has 10,000 posts).
+DEPTH = 9_000
+DEEP_SKIP = f"GET /posts/?limit=10&skip={DEPTH}"
+DEEP_CURSOR = f"GET /posts/?limit=10&cursor= (at depth {DEPTH:,})"
+
+
+def _deep_cursor(client: Client, count: int) -> Next:
+    """The cursor of the page after the first DEPTH posts, from the page before it."""
+    before = client.call("GET", f"/posts/?limit=10&skip={DEPTH - 10}", 200, headers=client.bearer())
+    cursor = before.headers["X-Next-Cursor"]
+    return same(("GET", f"/posts/?limit=10&cursor={cursor}", client.bearer(), None))
+
+
+def deep_pages(reads: int) -> list[Case]:
+    """The feed 9,000 posts deep: by skip, which walks and drops every skipped entry, and by
+    cursor, a range read after the last post seen (only on the large store)."""
+    return [
+        Case(DEEP_SKIP, "read", 200, reads, _read("/posts/", limit=10, skip=DEPTH)),
+        Case(DEEP_CURSOR, "read", 200, reads, _deep_cursor),
+    ]
+
+
 def catalogue(reads: int = 50, writes: int = 50, passwords: int = 5) -> list[Case]:
     """Every operation of the API, in the report's order (a vote before its take-back)."""
     voting = Voting()

@@ -81,18 +81,28 @@ class CommandRecorder(monitoring.CommandListener):
     def __init__(self) -> None:
         self.total = 0
         self.unattributed = 0
+        # An aggregation's stages, by request id, from its start to its end: the report names
+        # them, so that a page by skip and one by cursor show how they differ.
+        self.pipelines: dict[int, str] = {}
 
     def reset(self) -> None:
         self.total = self.unattributed = 0
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        pass
+        if event.command_name == "aggregate":
+            stages = [
+                f"$skip {stage['$skip']}" if "$skip" in stage else next(iter(stage), "?")
+                for stage in event.command.get("pipeline", [])
+            ]
+            self.pipelines[event.request_id] = f"aggregate({', '.join(stages)})"
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        self._add(event.command_name, event.duration_micros, failed=False)
+        name = self.pipelines.pop(event.request_id, event.command_name)
+        self._add(name, event.duration_micros, failed=False)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        self._add(event.command_name, event.duration_micros, failed=True)
+        name = self.pipelines.pop(event.request_id, event.command_name)
+        self._add(name, event.duration_micros, failed=True)
 
     def _add(self, name: str, micros: int, *, failed: bool) -> None:
         self.total += 1

@@ -51,6 +51,7 @@ from typing import Any
 
 import httpx
 import pymongo
+from aiosmtpd.controller import Controller
 
 from bench import dataset, default_store, endpoints, measure, report
 from bench.measure import Harness
@@ -68,6 +69,8 @@ COURSE_CPU_MS = {
 COMMAND_TARGETS = {
     endpoints.FEED: 2,
     endpoints.FEED_100: 2,
+    endpoints.DEEP_SKIP: 2,
+    endpoints.DEEP_CURSOR: 2,
     endpoints.SEARCH: 2,
     endpoints.READ: 2,
     endpoints.CREATE: 3,
@@ -102,8 +105,10 @@ def start_api_servers(processes: Processes, env: dict[str, str]) -> tuple[str, i
 
 
 def service_cases(requests: int) -> list[endpoints.Case]:
-    """Every endpoint; at 10,000 posts a search reads them all, so it sends fewer requests."""
+    """Every endpoint, and the feed 9,000 posts deep by skip and by cursor; at 10,000 posts a
+    search reads them all, so it sends fewer requests."""
     cases = endpoints.catalogue(reads=requests, writes=requests)
+    cases[2:2] = endpoints.deep_pages(requests)  # after the first pages, for comparison
     return [
         endpoints.Case(c.label, c.kind, c.status, min(c.count, 10), c.prepare)
         if c.kind == "search"
@@ -218,7 +223,10 @@ def serve_large_store(
         default_store.seed(default_store.BIG, env, processes.directory, "seed-external.log")
     where = "" if database.external else f" at {database.url}"  # MONGODB_URL may hold a password
     say(f"store: {database.description}{where}, database {database.name!r}")
-    env = dataset.service_env(database, secrets.token_hex(32))
+    smtp = Controller(dataset.MailSink(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    processes.after_stop.append(smtp.stop)
+    env = dataset.service_env(database, secrets.token_hex(32), smtp.port)
     api, pid, instrumented = start_api_servers(processes, env)
     with pymongo.MongoClient[dict[str, Any]](database.url, tz_aware=True) as client:
         post_ids = dataset.published_posts(client[database.name])
