@@ -1040,3 +1040,31 @@ async def test_a_bad_or_foreign_feed_cursor_is_400_and_skip_with_cursor_422(clie
     assert (
         await client.get("/posts/", params={"cursor": "A" * 201}, headers=viewer.headers)
     ).status_code == 422
+
+
+async def test_a_page_of_posts_not_shown_still_leads_to_the_next(client):
+    """A post whose owner is gone is not shown; a page of only such posts still has a next."""
+    owner, viewer = await create_user(client), await create_user(client)
+    older = [await create_post(client, owner, title=f"kept {n}") for n in range(2)]
+    orphan = {
+        "title": "orphan",
+        "content": "c",
+        "published": True,
+        "created_at": datetime.now(UTC) + timedelta(seconds=5),  # the newest
+        "owner_id": ObjectId(),
+        "owner": None,
+        "votes": 0,
+        "comments": 0,
+    }
+    await Post.get_pymongo_collection().insert_one(orphan)
+    first = await client.get("/posts/?limit=1", headers=viewer.headers)
+    assert first.status_code == 200 and first.json() == []
+    titles: list[str] = []
+    cursor = first.headers["x-next-cursor"]
+    while cursor:
+        page = await client.get(
+            "/posts/", params={"limit": 1, "cursor": cursor}, headers=viewer.headers
+        )
+        titles += [item["Post"]["title"] for item in page.json()]
+        cursor = page.headers.get("x-next-cursor")
+    assert titles == [post["title"] for post in reversed(older)]

@@ -94,9 +94,9 @@ class Post(Document, PostBase):
         skip: int,
         limit: int,
         after: tuple[datetime, PydanticObjectId] | None = None,
-    ) -> tuple[int, list["PostOut"], bool]:
-        """One page of the posts the viewer may see, how many match in all, and whether more
-        follow.
+    ) -> tuple[int, list["PostOut"], tuple[datetime, Any] | None]:
+        """One page of the posts the viewer may see, how many match in all, and the sort key
+        the next page starts after (None if none follows).
 
         One aggregation answers all three, and nothing is joined: posts carry their owner and
         counts. Without a search the feed is every published post and the viewer's drafts, so
@@ -154,9 +154,13 @@ class Post(Document, PostBase):
             counted = [row for row in rows if row.get("_id") == PUBLISHED_COUNTER]
             rows = [row for row in rows if row.get("_id") != PUBLISHED_COUNTER]
             total = (counted[0].get("value", 0) if counted else 0) + viewer_drafts
-        more = len(rows) > limit
+        # The next page starts after the last post read, shown or not (a post whose owner is
+        # gone is not shown, but the page still ends there).
+        after_page = (
+            (rows[limit - 1]["created_at"], rows[limit - 1]["_id"]) if len(rows) > limit else None
+        )
         posts = [PostOut.of_row(row) for row in rows[:limit] if row.get("owner") is not None]
-        return total, posts, more
+        return total, posts, after_page
 
 
 class PostCreate(PostBase):

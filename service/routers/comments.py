@@ -58,7 +58,11 @@ async def create_comment(post_id: IdIn, comment_in: CommentCreate, user: Writing
         {"$inc": {"comments": 1}},
     )
     if counted.matched_count == 0:  # no such post for this user: the comment goes back
-        await comment.delete()
+        # Unless another request (the draft's owner, the author's account deletion) deleted
+        # it first and counted it off: then the count it took off is given back.
+        gone = await Comment.get_pymongo_collection().delete_one({"_id": comment.id})
+        if gone.deleted_count == 0:
+            await Post.find_one(Post.id == post_id).update({"$inc": {"comments": 1}})
         raise no_such_post(post_id)
     return CommentOut.of(comment)
 

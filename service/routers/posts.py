@@ -104,13 +104,12 @@ async def read_posts(
         except cursors.InvalidCursor:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, INVALID_CURSOR) from None
         after = (created_at, PydanticObjectId(post_id))
-    total, posts, more = await Post.read_feed(
+    total, posts, after_page = await Post.read_feed(
         viewer, user.drafts, search=search, skip=skip, limit=limit, after=after
     )
     response.headers["X-Total-Count"] = str(total)
-    if more and posts:
-        last = posts[-1].post
-        following = cursors.encode(secret, scope, last.created_at, last.id)
+    if after_page is not None:
+        following = cursors.encode(secret, scope, *after_page)
         response.headers["X-Next-Cursor"] = following
         url = request.url.remove_query_params("skip").include_query_params(cursor=following)
         response.headers["Link"] = f'<{url}>; rel="next"'
