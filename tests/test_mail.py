@@ -391,6 +391,13 @@ async def queued_verification(settings: Settings) -> OutboxMessage:
     return message
 
 
+def sender_with(settings: Settings, **overrides: Any) -> Sender:
+    """A sender of its own, on the suite's database, with settings overridden."""
+    return Sender(
+        make_settings(settings.mongodb_url or "", settings.mongodb_db, **overrides), PREPARERS
+    )
+
+
 async def one_try_at(settings: Settings, reply: str) -> tuple[Refusing, Sender, OutboxMessage]:
     """One attempt at a verification mail, to an SMTP server that answers every recipient
     with `reply`."""
@@ -398,10 +405,7 @@ async def one_try_at(settings: Settings, reply: str) -> tuple[Refusing, Sender, 
     server = Controller(handler, hostname="127.0.0.1", port=free_port())
     server.start()
     try:
-        sender = Sender(
-            make_settings(settings.mongodb_url or "", settings.mongodb_db, smtp_port=server.port),
-            PREPARERS,
-        )
+        sender = sender_with(settings, smtp_port=server.port)
         message = await queued_verification(settings)
         assert await sender.send_next()
     finally:
@@ -421,15 +425,9 @@ async def test_a_permanent_refusal_fails_the_message_at_once(quiet_outbox, setti
 async def test_a_server_that_stays_down_fails_the_message_after_the_last_attempt(
     quiet_outbox, settings, caplog
 ):
-    sender = Sender(
-        make_settings(
-            settings.mongodb_url or "",
-            settings.mongodb_db,
-            smtp_port=free_port(),  # nothing listens there
-            mail_max_attempts=3,
-            mail_retry_seconds=0.05,
-        ),
-        PREPARERS,
+    # Nothing listens on that port.
+    sender = sender_with(
+        settings, smtp_port=free_port(), mail_max_attempts=3, mail_retry_seconds=0.05
     )
     message = await queued_verification(settings)
     for attempt in (1, 2):
@@ -454,15 +452,9 @@ async def test_a_server_that_stays_down_fails_the_message_after_the_last_attempt
 async def test_an_unreachable_server_holds_back_the_other_messages_for_a_while(
     quiet_outbox, settings
 ):
-    sender = Sender(
-        make_settings(
-            settings.mongodb_url or "",
-            settings.mongodb_db,
-            smtp_port=free_port(),  # nothing listens there
-            mail_retry_seconds=60,
-            mail_poll_seconds=0.05,
-        ),
-        PREPARERS,
+    # Nothing listens on that port.
+    sender = sender_with(
+        settings, smtp_port=free_port(), mail_retry_seconds=60, mail_poll_seconds=0.05
     )
     first, second = await queued_verification(settings), await queued_verification(settings)
     ready = asyncio.Event()
