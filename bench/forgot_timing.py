@@ -24,7 +24,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.login_timing import PASSWORD, free_port, server_env, summary, wait_ready
+from bench.login_timing import serving, summary
 
 # Headers each response has its own; every other one must be the same for both kinds.
 PER_REQUEST = frozenset({"x-request-id", "date"})
@@ -76,25 +75,16 @@ def main() -> int:
     if args.count < 2:
         parser.error("--count must be at least 2 (for the deciles)")
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as directory:
-        env = server_env(
-            directory, MAIL_REQUESTS_PER_EMAIL="1000000", MAIL_REQUESTS_PER_ADDRESS="1000000"
-        )
-        command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
         log_path = Path(directory) / "server.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
         try:
-            wait_ready(base, process)
-            with httpx.Client(base_url=base, timeout=30) as http:
-                email = f"timing-{uuid.uuid4().hex[:8]}@example.com"
+            with serving(
+                directory,
+                log_path,
+                MAIL_REQUESTS_PER_EMAIL="1000000",
+                MAIL_REQUESTS_PER_ADDRESS="1000000",
+            ) as (http, email):
                 missing = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
-                created = http.post("/users/", json={"email": email, "password": PASSWORD})
-                created.raise_for_status()
                 for _ in range(3):  # warm up both paths
                     timed_forgot(http, email)
                     timed_forgot(http, missing)
@@ -108,16 +98,14 @@ def main() -> int:
                     elapsed, answer = timed_forgot(http, missing)
                     absent.append(elapsed)
                     answers["missing"].add(answer)
-            # The sender writes them after the answers: wait for the last ones.
-            expected = args.count + 3
-            deadline = time.monotonic() + 10
-            while (mails := count_resets(Path(directory))) < expected:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+                # The sender writes them after the answers: wait for the last ones.
+                expected = args.count + 3
+                deadline = time.monotonic() + 10
+                while (mails := count_resets(Path(directory))) < expected:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
         finally:
-            process.terminate()
-            process.wait(timeout=30)
             if args.server_log is not None:
                 shutil.copyfile(log_path, args.server_log)
 

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -65,9 +67,11 @@ def summary(samples: list[float]) -> str:
     )
 
 
-def server_env(directory: str, **settings: str) -> dict[str, str]:
-    """The environment of a `social-api serve` on an embedded store of its own in
-    `directory`: this one's, without what would point it elsewhere, and `settings`."""
+@contextmanager
+def serving(directory: str, log: Path, **settings: str) -> Iterator[tuple[httpx.Client, str]]:
+    """`social-api serve` on a free loopback port, on an embedded store of its own in
+    `directory` (this environment, without what would point it elsewhere, and `settings`),
+    its output in `log`; a client of it, and the email of the one user registered there."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -79,7 +83,23 @@ def server_env(directory: str, **settings: str) -> dict[str, str]:
         EMBEDDED_PORT="0",  # any free port: a developer's own store may hold 27018
         **settings,
     )
-    return env
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command, cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_ready(base, process)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            email = f"timing-{uuid.uuid4().hex[:8]}@example.com"
+            created = http.post("/users/", json={"email": email, "password": PASSWORD})
+            created.raise_for_status()
+            yield http, email
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def main() -> int:
@@ -88,39 +108,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=12, help="BCRYPT_ROUNDS of the server")
     args = parser.parse_args()
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as directory:
-        env = server_env(
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        serving(
             directory,
+            Path(directory) / "server.log",
             EMBEDDED_STORAGE="memory",
             BCRYPT_ROUNDS=str(args.rounds),
             LOGIN_MAX_FAILURES_PER_EMAIL="1000000",
             LOGIN_MAX_FAILURES_PER_ADDRESS="1000000",
             LOG_LEVEL="WARNING",
-        )
-        command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-        with open(Path(directory) / "server.log", "wb") as log:
-            process = subprocess.Popen(
-                command, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        try:
-            wait_ready(base, process)
-            with httpx.Client(base_url=base, timeout=30) as http:
-                email = f"timing-{uuid.uuid4().hex[:8]}@example.com"
-                created = http.post("/users/", json={"email": email, "password": PASSWORD})
-                created.raise_for_status()
-                for _ in range(3):  # warm up both paths
-                    timed_login(http, email)
-                    timed_login(http, f"nobody-{uuid.uuid4().hex}@example.com")
-                unknown: list[float] = []
-                wrong: list[float] = []
-                for _ in range(args.count):
-                    unknown.append(timed_login(http, f"nobody-{uuid.uuid4().hex}@example.com"))
-                    wrong.append(timed_login(http, email))
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        ) as (http, email),
+    ):
+        for _ in range(3):  # warm up both paths
+            timed_login(http, email)
+            timed_login(http, f"nobody-{uuid.uuid4().hex}@example.com")
+        unknown: list[float] = []
+        wrong: list[float] = []
+        for _ in range(args.count):
+            unknown.append(timed_login(http, f"nobody-{uuid.uuid4().hex}@example.com"))
+            wrong.append(timed_login(http, email))
 
     a, b = statistics.median(unknown), statistics.median(wrong)
     difference = abs(a - b) / min(a, b)
