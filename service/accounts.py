@@ -32,6 +32,7 @@ from pymongo.results import DeleteResult
 from service.config import Settings
 from service.models import Comment, LoginAttempt, Post, RefreshToken, TokenPair, User, Vote, id_of
 from service.models.base import new_id, utc_now
+from service.models.post import SHOWN
 from service.models.session import PasswordCheck
 from service.security import (
     access_token_lifetime,
@@ -198,7 +199,7 @@ async def end_all_sessions(
     return updated
 
 
-async def delete_account(user: User) -> bool:
+async def delete_account(user: User, *, where: dict[str, Any] | None = None) -> bool:
     """Delete a user with their posts, every vote and comment on those posts, their votes and
     comments, their sessions.
 
@@ -207,14 +208,14 @@ async def delete_account(user: User) -> bool:
     sessions end first (a failure later leaves an account that can log in and delete again),
     the posts go before the votes on them (a vote cannot land on a post that is going), and
     the user document goes last. False, and nothing deleted, if the password changed or every
-    session ended since `user` was read.
+    session ended since `user` was read (or `where`, conditions of the caller's own, fails).
 
     The login throttle's attempts of the email go too (the successes that discount them are
     recorded on the refresh tokens that go here). The failures of its client addresses stay:
     they were failures, whoever's email they tried.
     """
     user_id = id_of(user)
-    if await end_all_sessions(user_id, unchanged=user) is None:
+    if await end_all_sessions(user_id, unchanged=user, where=where) is None:
         return False
     await _delete_content(user_id)
     await LoginAttempt.find(LoginAttempt.key == email_key(user.email)).delete()
@@ -249,11 +250,17 @@ async def _delete_content(user_id: PydanticObjectId) -> None:
     # Published posts are counted off by what each command deleted (drafts are counted on the
     # user document, which goes too). A post published or unpublished meanwhile is left by one
     # filter and taken by the other on the next round.
+    # Hidden posts (an account deactivated) are out of the published count already.
     while True:
-        published = await _deleted(Post.find({"owner_id": user_id, "published": True}).delete())
+        published = await _deleted(
+            Post.find({"owner_id": user_id, "published": True, "hidden": SHOWN}).delete()
+        )
         await count_posts(user_id, published=True, delta=-published)
         drafts = await _deleted(Post.find({"owner_id": user_id, "published": False}).delete())
-        if not published and not drafts:
+        hidden = await _deleted(
+            Post.find({"owner_id": user_id, "published": True, "hidden": True}).delete()
+        )
+        if not published and not drafts and not hidden:
             break
     for start in range(0, len(post_ids), BATCH):
         await Vote.find(In(Vote.post_id, post_ids[start : start + BATCH])).delete()
@@ -271,10 +278,13 @@ async def _delete_content(user_id: PydanticObjectId) -> None:
         )
     for start in range(0, len(post_ids), BATCH):
         await Comment.find(In(Comment.post_id, post_ids[start : start + BATCH])).delete()
-    # The user's comments on other posts, one by one like the votes; a post may lose several.
+    # The user's comments on other posts, one by one like the votes; a post may lose several
+    # (a hidden comment was taken off its post's count when it was hidden).
     lost: Counter[PydanticObjectId] = Counter()
+    comments = Comment.get_pymongo_collection()
     async for row in Comment.find(Comment.author_id == user_id, projection_model=_CommentOn):
-        if await _deleted(Comment.find_one(Comment.id == row.id).delete()):
+        deleted = await comments.find_one_and_delete({"_id": row.id}, projection={"hidden": 1})
+        if deleted is not None and not deleted.get("hidden"):
             lost[row.post_id] += 1
     for post_id, number in lost.items():
         await Post.find_one(Post.id == post_id).update({"$inc": {"comments": -number}})

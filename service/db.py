@@ -114,7 +114,12 @@ ADDED_FIELDS: dict[str, dict[str, Any]] = {
         "email_verified": False,
         "password_reset": None,
         "email_verification": None,
+        "role": "user",
+        "active": True,
     },
+    # No account was deactivated before moderation existed: nothing was hidden.
+    "posts": {"hidden": False},
+    "comments": {"hidden": False},
     "refresh_tokens": {"password_check": None},
     "login_attempts": {"failed": None},
 }

@@ -14,6 +14,7 @@ from service.config import Settings
 from service.mail import Sender
 from service.models import Post, PostOut, User, id_of
 from service.models.base import IdIn
+from service.models.user import ADMIN
 from service.security import TokenClaims, decode_access_token
 from service.throttle import CheckedPassword
 
@@ -102,6 +103,18 @@ async def get_current_user(session: CurrentSession) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 NOT_VERIFIED = "Email address not verified"
+ADMIN_ONLY = "Admin role required"
+
+
+async def get_admin(user: CurrentUser) -> User:
+    """The caller, if an admin (403 otherwise). A deactivated admin's tokens are refused
+    before this (401), like anyone's."""
+    if user.role != ADMIN:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, ADMIN_ONLY)
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin)]
 
 
 async def get_writing_user(user: CurrentUser, settings: SettingsDep) -> User:

@@ -1,6 +1,7 @@
 """Values derived from other documents: each post's owner, vote count and comment count
-(`Post.owner`, `Post.votes`, `Post.comments`), and the feed's tallies (the published count
-in `counters` and each user's `drafts`; see service/tallies.py).
+(`Post.owner`, `Post.votes`, `Post.comments`), whether posts and comments are hidden (their
+owner or author deactivated: service/moderation.py), and the tallies in `counters` (the
+published count and each user's `drafts`, service/tallies.py; the active admins).
 
 The API keeps them in step as it writes. They are derived here from `users`, `votes` and
 `comments`:
@@ -26,9 +27,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from pymongo import UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from service.models.post import COUNTERS, PUBLISHED_COUNTER
+from service.models.post import COUNTERS, PUBLISHED_COUNTER, SHOWN
+from service.models.user import ADMIN, ADMINS_COUNTER
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +50,12 @@ async def recount(database: AsyncDatabase[dict[str, Any]]) -> tuple[int, int]:
 async def derive_post_fields(
     database: AsyncDatabase[dict[str, Any]], *, only_lacking: bool = False
 ) -> int:
-    """Set the owner and vote count of every post (or of those lacking them) where they are
-    wrong; return how many posts changed."""
+    """Set the owner, counts and `hidden` of every post (or of those lacking them) where they
+    are wrong; return how many posts changed. Every comment's `hidden` is derived first (but
+    for `only_lacking`), since the comment counts leave hidden ones out."""
     posts = database["posts"]
+    if not only_lacking:
+        await _derive_hidden_comments(database)
     ids = [row["_id"] async for row in posts.find(LACKING if only_lacking else {}, {"_id": 1})]
     changed = await _derive(database, ids)
     rechecked = changed
@@ -71,14 +77,14 @@ async def _derive(database: AsyncDatabase[dict[str, Any]], ids: list[Any]) -> li
 
 async def _derive_batch(database: AsyncDatabase[dict[str, Any]], ids: list[Any]) -> list[Any]:
     posts = database["posts"]
-    fields = {"owner_id": 1, "owner": 1, **dict.fromkeys(COUNTED, 1)}
+    fields = {"owner_id": 1, "owner": 1, "hidden": 1, **dict.fromkeys(COUNTED, 1)}
     rows = await posts.find({"_id": {"$in": ids}}, fields).to_list()
     counts = {name: await _counts(database, name, ids) for name in COUNTED}
     owners = {
-        row["_id"]: {"email": row["email"], "created_at": row["created_at"]}
+        row["_id"]: row
         async for row in database["users"].find(
             {"_id": {"$in": list({row["owner_id"] for row in rows})}},
-            {"email": 1, "created_at": 1},
+            {"email": 1, "created_at": 1, "active": 1},
         )
     }
     updates = list(_updates(rows, counts, owners))
@@ -91,12 +97,14 @@ async def _derive_batch(database: AsyncDatabase[dict[str, Any]], ids: list[Any])
 
 
 async def _counts(database: AsyncDatabase[dict[str, Any]], name: str, ids: list[Any]) -> Any:
-    """How many documents of collection `name` each of these posts has (absent: none)."""
+    """How many shown documents of collection `name` each of these posts has (absent:
+    none)."""
+    shown = {"hidden": SHOWN} if name == "comments" else {}
     return {
         row["_id"]: row["n"]
         async for row in await database[name].aggregate(
             [
-                {"$match": {"post_id": {"$in": ids}}},
+                {"$match": {"post_id": {"$in": ids}, **shown}},
                 {"$group": {"_id": "$post_id", "n": {"$sum": 1}}},
             ]
         )
@@ -110,9 +118,25 @@ def _updates(
 ) -> Iterable[tuple[Any, UpdateOne]]:
     for row in rows:
         wanted: dict[str, Any] = {name: counts[name].get(row["_id"], 0) for name in COUNTED}
-        wanted["owner"] = owners.get(row["owner_id"])
+        owner = owners.get(row["owner_id"])
+        wanted["owner"] = (
+            None if owner is None else {"email": owner["email"], "created_at": owner["created_at"]}
+        )
+        wanted["hidden"] = owner is not None and owner.get("active") is False
         if any(row.get(field, ...) != value for field, value in wanted.items()):
             yield row["_id"], UpdateOne({"_id": row["_id"]}, {"$set": wanted})
+
+
+async def _derive_hidden_comments(database: AsyncDatabase[dict[str, Any]]) -> None:
+    """Hide the comments of deactivated authors, show everyone else's."""
+    inactive = [row["_id"] async for row in database["users"].find({"active": False}, {"_id": 1})]
+    comments = database["comments"]
+    await comments.update_many(
+        {"author_id": {"$in": inactive}, "hidden": SHOWN}, {"$set": {"hidden": True}}
+    )
+    await comments.update_many(
+        {"author_id": {"$nin": inactive}, "hidden": True}, {"$set": {"hidden": False}}
+    )
 
 
 async def derive_tallies(
@@ -133,15 +157,18 @@ async def derive_tallies(
 async def _derive_tallies(database: AsyncDatabase[dict[str, Any]], *, only_lacking: bool) -> int:
     posts, users, counters = database["posts"], database["users"], database[COUNTERS]
     changed = 0
-    kept = await counters.find_one({"_id": PUBLISHED_COUNTER})
-    if kept is None or not only_lacking:
-        published = await posts.count_documents({"published": True})
-        if kept is None or kept.get("value") != published:
-            await counters.update_one(
-                {"_id": PUBLISHED_COUNTER}, {"$set": {"value": published}}, upsert=True
-            )
-            # A new database's count starting at zero corrected nothing.
-            changed += kept is not None or published > 0
+    tallied: dict[str, tuple[AsyncCollection[dict[str, Any]], dict[str, Any]]] = {
+        PUBLISHED_COUNTER: (posts, {"published": True, "hidden": SHOWN}),
+        ADMINS_COUNTER: (users, {"role": ADMIN, "active": {"$ne": False}}),
+    }
+    for name, (collection, counted) in tallied.items():
+        kept = await counters.find_one({"_id": name})
+        if kept is None or not only_lacking:
+            value = await collection.count_documents(counted)
+            if kept is None or kept.get("value") != value:
+                await counters.update_one({"_id": name}, {"$set": {"value": value}}, upsert=True)
+                # A new database's count starting at zero corrected nothing.
+                changed += kept is not None or value > 0
     lacking = {"drafts": {"$exists": False}} if only_lacking else {}
     rows = await users.find(lacking, {"drafts": 1}).to_list()
     if not rows:

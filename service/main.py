@@ -27,7 +27,7 @@ from service.asgi import HTTPMiddleware
 from service.config import Settings, get_settings
 from service.headers import SecurityHeadersMiddleware
 from service.limits import BodySizeLimitMiddleware
-from service.routers import auth, comments, posts, users, votes
+from service.routers import admin, auth, comments, posts, users, votes
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +235,7 @@ def create_app(
     app.include_router(posts.router)
     app.include_router(votes.router)
     app.include_router(comments.router)
+    app.include_router(admin.router)
     if settings.metrics_enabled:
         # For Prometheus on an internal network: not part of the API, nor of its schema.
         app.add_route(

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from service.deps import get_app_settings, get_current_session, oauth2_scheme
+from service.deps import get_admin, get_app_settings, get_current_session, oauth2_scheme
 
 type Responses = dict[int | str, dict[str, Any]]
 
@@ -30,6 +30,10 @@ def _needs_user(dependant: Dependant) -> bool:
     return any(
         sub.call is get_current_session or _needs_user(sub) for sub in dependant.dependencies
     )
+
+
+def _needs_admin(dependant: Dependant) -> bool:
+    return any(sub.call is get_admin or _needs_admin(sub) for sub in dependant.dependencies)
 
 
 def _has_body(dependant: Dependant) -> bool:
@@ -93,6 +97,10 @@ UNAUTHENTICATED: dict[str, Any] = {
     "description": "No token, or one that is invalid, expired, revoked or of a deleted user",
     "headers": BEARER_HEADER,
 }
+NOT_ADMIN: dict[str, Any] = {
+    "model": ErrorDetail,
+    "description": "The caller is not an admin (`Admin role required`)",
+}
 UNAVAILABLE: dict[str, Any] = {
     "model": ErrorDetail,
     "description": "MongoDB is unreachable; try again after Retry-After seconds",
@@ -107,11 +115,14 @@ TOO_LARGE: dict[str, Any] = {
 def contract_responses(path: str, endpoint: Callable[..., Any], responses: Responses) -> Responses:
     """The route's own error responses plus those every route of its kind can answer, so that
     the OpenAPI document names every status a client may see: 401 (with WWW-Authenticate) on
-    protected routes, 413 on routes with a body, 503 on all of them (they all use MongoDB)."""
+    protected routes, 403 on admin routes, 413 on routes with a body, 503 on all of them (they
+    all use MongoDB)."""
     dependant = get_dependant(path=path, call=endpoint)
     extra: Responses = {status.HTTP_503_SERVICE_UNAVAILABLE: UNAVAILABLE}
     if _needs_user(dependant):
         extra[status.HTTP_401_UNAUTHORIZED] = UNAUTHENTICATED
+    if _needs_admin(dependant):
+        extra[status.HTTP_403_FORBIDDEN] = NOT_ADMIN
     if _has_body(dependant):  # JSON bodies, and forms (login's comes from a dependency)
         extra[status.HTTP_413_CONTENT_TOO_LARGE] = TOO_LARGE
     merged = dict(responses)
@@ -127,7 +138,8 @@ class ContractRoute(APIRoute):
 
     FastAPI parses a JSON body before it runs any dependency, and collects path errors after
     them, so without the second rule a caller with no token could learn how the body or path
-    is checked. Only a failing request pays for the second look at the token. The OpenAPI
+    is checked. Likewise an admin route answers a caller who is no admin 403, not 422. Only
+    a failing request pays for the second look at the token. The OpenAPI
     document also learns the errors every such route can answer (`contract_responses`).
     """
 
@@ -138,6 +150,7 @@ class ContractRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         needs_user = _needs_user(self.dependant)
+        needs_admin = _needs_admin(self.dependant)
 
         async def handle(request: Request) -> Response:
             request = StrictJSONRequest(request.scope, request.receive)
@@ -147,7 +160,9 @@ class ContractRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError:
                 token = await oauth2_scheme(request)
-                await get_current_session(await get_app_settings(request), token)  # raises the 401
+                session = await get_current_session(await get_app_settings(request), token)
+                if needs_admin:
+                    await get_admin(session.user)  # raises the 403
                 raise
 
         return handle

@@ -202,7 +202,7 @@ def test_export_then_import_round_trips_every_document(use_db, mongodb_url, tmp_
     assert exported.exit_code == 0, exported.output
     # Sessions and login attempts are state of the moment, not data: they are not exported.
     dump = sorted(os.listdir(tmp_path / "dump"))
-    assert dump == ["comments.json", "posts.json", "users.json", "votes.json"]
+    assert dump == ["audit.json", "comments.json", "posts.json", "users.json", "votes.json"]
     lines = (tmp_path / "dump" / "posts.json").read_text().splitlines()
     assert len(lines) == 15 and '"_id": {"$oid": "' in lines[0] and '{"$date": "' in lines[0]
 

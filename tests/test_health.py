@@ -120,6 +120,13 @@ async def test_openapi_document_describes_the_contract(app):
         "/vote/",
         "/posts/{post_id}/comments",
         "/comments/{comment_id}",
+        "/admin/users",
+        "/admin/users/{user_id}/deactivate",
+        "/admin/users/{user_id}/activate",
+        "/admin/users/{user_id}/role",
+        "/admin/posts/{post_id}",
+        "/admin/comments/{comment_id}",
+        "/admin/audit",
     }
     feed = spec["paths"]["/posts/"]["get"]["responses"]
     assert "X-Total-Count" in feed["200"]["headers"]

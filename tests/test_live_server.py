@@ -82,6 +82,7 @@ async def test_registration_login_and_wrong_password(http):
         "email": user.email,
         "created_at": me.json()["created_at"],
         "email_verified": False,
+        "role": "user",
     }
 
 

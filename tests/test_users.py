@@ -285,8 +285,8 @@ async def test_me_returns_the_tokens_user(client: httpx.AsyncClient) -> None:
 
     assert response.status_code == 200
     body = response.json()
-    assert body.keys() == {"id", "email", "created_at", "email_verified"}
-    assert (body["id"], body["email"]) == (user.id, user.email)
+    assert body.keys() == {"id", "email", "created_at", "email_verified", "role"}
+    assert (body["id"], body["email"], body["role"]) == (user.id, user.email, "user")
 
 
 async def test_read_another_user_by_id(client: httpx.AsyncClient) -> None:

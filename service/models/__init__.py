@@ -2,6 +2,7 @@
 
 from beanie import Document
 
+from service.models.audit import AuditEntry
 from service.models.base import id_of
 from service.models.comment import Comment, CommentCreate, CommentOut
 from service.models.outbox import OutboxMessage
@@ -17,7 +18,7 @@ from service.models.user import AccountDeletion, PasswordChange, User, UserCreat
 from service.models.vote import Message, Vote, VoteCreate
 
 # The collections that hold the social network's data: what export and import handle.
-DATA_DOCUMENTS: list[type[Document]] = [User, Post, Vote, Comment]
+DATA_DOCUMENTS: list[type[Document]] = [User, Post, Vote, Comment, AuditEntry]
 # Every document init_beanie manages; its order is the order indexes are built in. Sessions
 # and login attempts are state of the moment, and the outbox mail on its way: not data to export.
 DOCUMENTS: list[type[Document]] = [*DATA_DOCUMENTS, RefreshToken, LoginAttempt, OutboxMessage]
@@ -26,6 +27,7 @@ __all__ = [
     "DATA_DOCUMENTS",
     "DOCUMENTS",
     "AccountDeletion",
+    "AuditEntry",
     "Comment",
     "CommentCreate",
     "CommentOut",

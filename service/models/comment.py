@@ -28,6 +28,9 @@ class Comment(Document):
     author: PostOwner
     content: CommentText
     created_at: datetime = Field(default_factory=utc_now)
+    # True while the author's account is deactivated: listed nowhere, and not in the post's
+    # count (service/moderation.py).
+    hidden: bool = False
 
     class Settings:
         name = "comments"

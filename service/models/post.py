@@ -27,6 +27,10 @@ FEED_ORDER = {"created_at": -1, "_id": -1}
 COUNTERS = "counters"
 PUBLISHED_COUNTER = "published_posts"
 
+# Not hidden (service/moderation.py): false, or missing in a document written before the
+# field existed.
+SHOWN = {"$ne": True}
+
 
 class PostBase(BaseModel):
     title: Title
@@ -55,7 +59,12 @@ class Post(Document, PostBase):
     # owner is gone or not yet derived (written by an older version): such a post is not shown.
     owner: PostOwner | None = None
     votes: int = 0
-    comments: int = 0  # the number of documents in `comments` for this post, kept likewise
+    # The number of the post's comments that are shown (`comments` documents not hidden),
+    # kept likewise.
+    comments: int = 0
+    # True while the owner's account is deactivated: the post is shown to nobody, and is not
+    # in the published count (service/moderation.py). Derived from the owner, as `owner` is.
+    hidden: bool = False
 
     class Settings:
         name = "posts"
@@ -69,20 +78,36 @@ class Post(Document, PostBase):
         ]
 
     def is_visible_to(self, user_id: PydanticObjectId) -> bool:
-        """Drafts exist only for their owner; a post whose owner is gone, for nobody."""
-        return self.owner is not None and (self.published or self.owner_id == user_id)
+        """Drafts exist only for their owner; a post whose owner is gone or deactivated, for
+        nobody."""
+        return (
+            self.owner is not None
+            and not self.hidden
+            and (self.published or self.owner_id == user_id)
+        )
 
     @classmethod
     def row_is_visible_to(cls, row: Mapping[str, Any], user_id: PydanticObjectId) -> bool:
         """`is_visible_to` for a post as stored, before (or without) building a `Post`."""
-        return row.get("owner") is not None and (
-            row.get("published", True) or row.get("owner_id") == user_id
+        return (
+            row.get("owner") is not None
+            and not row.get("hidden")
+            and (row.get("published", True) or row.get("owner_id") == user_id)
         )
 
     @classmethod
     def visible_to(cls, viewer_id: PydanticObjectId) -> dict[str, Any]:
-        """The filter `is_visible_to` is, for queries (the owner check aside: see above)."""
-        return {"$or": [{"published": True}, {"owner_id": viewer_id}]}
+        """The filter `is_visible_to` is, for queries (the owner check aside: see above).
+
+        `hidden` is in each branch, so that each stays one range of its own index; a hidden
+        post in that range is read and passed over (there are few: a deactivated account's).
+        """
+        return {
+            "$or": [
+                {"published": True, "hidden": SHOWN},
+                {"owner_id": viewer_id, "hidden": SHOWN},
+            ]
+        }
 
     @classmethod
     async def read_feed(

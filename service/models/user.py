@@ -1,7 +1,7 @@
 """Users: the document, and the schemas derived from it."""
 
 from datetime import datetime
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import email_validator
 from beanie import Document, Indexed, PydanticObjectId
@@ -16,7 +16,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
 )
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel
 
 from service.models.base import utc_now
 
@@ -116,6 +116,13 @@ def normalize_email(value: str) -> str | None:
         return None
 
 
+# `admin`: may act on any account, post or comment under /admin/ (service/moderation.py).
+Role = Literal["user", "admin"]
+ADMIN: Role = "admin"
+# The document of `counters` that holds how many active admins there are.
+ADMINS_COUNTER = "active_admins"
+
+
 class UserBase(BaseModel):
     # The unique index is what makes registration race-free: see routers/users.py.
     email: Annotated[str, Indexed(unique=True)]
@@ -156,10 +163,16 @@ class User(Document, UserBase):
     # write clears `password_reset` (service/recovery.py).
     password_reset: MailedToken | None = None
     email_verification: MailedToken | None = None
+    role: Role = "user"
+    # False while an admin has the account deactivated: its tokens and logins are refused,
+    # and its posts and comments are hidden (service/moderation.py).
+    active: bool = True
 
     class Settings:
         name = "users"
         indexes: ClassVar[list[IndexModel]] = [
+            # The admins' list of users, newest first, paged by cursor.
+            IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)]),
             # A reset or a verification finds its user by the token's digest; sparse, as
             # most users have neither.
             IndexModel([("password_reset.token_hash", ASCENDING)], sparse=True),
@@ -168,7 +181,7 @@ class User(Document, UserBase):
 
     def session_is_live(self, session_id: str, epoch: int, now: datetime) -> bool:
         """Whether an access token of this session and epoch may still be honoured."""
-        if epoch != self.session_epoch:
+        if epoch != self.session_epoch or not self.active:
             return False
         return not any(
             revoked.sid == session_id and revoked.until > now for revoked in self.revoked_sessions
@@ -268,3 +281,42 @@ class UserPublic(PostAuthor):
     """A user as the users routes answer it."""
 
     email_verified: bool
+
+
+class UserMe(UserPublic):
+    """The caller, as `/users/me` answers: their role too, which nobody else sees."""
+
+    role: Role
+
+
+class AccountOut(UserMe):
+    """A user as the admins' routes answer it."""
+
+    active: bool
+
+
+Reason = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=500,
+        description="Why, for the audit log",
+        examples=["Spam, reported by three users"],
+    ),
+]
+
+
+class AdminAction(BaseModel):
+    """What an admin may say of any action: why, kept in the audit log."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "Spam"}]})
+
+    reason: Reason | None = None
+
+
+class RoleChange(AdminAction):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"role": "admin", "reason": "Joins the moderators"}]}
+    )
+
+    role: Role

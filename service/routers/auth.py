@@ -40,6 +40,7 @@ router = CollectionRouter(tags=["Authentication"])
 
 INVALID_CREDENTIALS = "Invalid Credentials"
 INVALID_REFRESH_TOKEN = "Invalid or expired refresh token"
+ACCOUNT_DISABLED = "Account disabled"
 
 THROTTLED: Responses = {
     status.HTTP_429_TOO_MANY_REQUESTS: {
@@ -71,7 +72,13 @@ class LoginForm(BaseModel):
 
 @router.post(
     "/login",
-    responses={status.HTTP_403_FORBIDDEN: error("Unknown email or wrong password"), **THROTTLED},
+    responses={
+        status.HTTP_403_FORBIDDEN: error(
+            f"Unknown email or wrong password ({INVALID_CREDENTIALS}), or, with the right "
+            f"password, an account an admin deactivated ({ACCOUNT_DISABLED})"
+        ),
+        **THROTTLED,
+    },
 )
 async def login(
     form: Annotated[LoginForm, Form()],
@@ -91,6 +98,10 @@ async def login(
     if not checked.valid or checked.account is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, INVALID_CREDENTIALS)
     user = User.model_validate(checked.account)
+    if not user.active:
+        # Said only once the password is checked, after the same work as any login: a
+        # deactivated account looks like any other to someone without its password.
+        raise HTTPException(status.HTTP_403_FORBIDDEN, ACCOUNT_DISABLED)
     if needs_rehash(user.hashed_password, settings.bcrypt_rounds):
         # The only moment the password is at hand: raise an old hash to the configured cost,
         # unless the password changed meanwhile (a reset, a change), which must stand.

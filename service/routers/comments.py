@@ -8,6 +8,7 @@ comment back. A draft's comments are as invisible as the draft.
 
 from typing import Annotated, Any
 
+from beanie import PydanticObjectId
 from fastapi import HTTPException, Query, Request, Response, status
 
 from service import cursors
@@ -15,7 +16,7 @@ from service.deps import CurrentUser, SettingsDep, WritingUser, cursor_secret
 from service.models import Comment, Post, id_of
 from service.models.base import IdIn, new_id
 from service.models.comment import COMMENT_ORDER, CommentCreate, CommentOut
-from service.models.post import PostOwner
+from service.models.post import SHOWN, PostOwner
 from service.routing import NEXT_PAGE_HEADERS, CollectionRouter, Responses, error
 
 router = CollectionRouter(tags=["Comments"])
@@ -84,7 +85,7 @@ async def read_comments(
     `X-Next-Cursor` as `cursor`) for the next."""
     scope = f"comments:{post_id}"
     secret = cursor_secret(settings)
-    match: dict[str, Any] = {"post_id": post_id}
+    match: dict[str, Any] = {"post_id": post_id, "hidden": SHOWN}
     if cursor is not None:
         try:
             after, after_id = cursors.decode(secret, scope, cursor)
@@ -93,15 +94,20 @@ async def read_comments(
         # Each branch whole, post_id included, so that each is one range of the index.
         match = {
             "$or": [
-                {"post_id": post_id, "created_at": {"$gt": after}},
-                {"post_id": post_id, "created_at": after, "_id": {"$gt": after_id}},
+                {"post_id": post_id, "created_at": {"$gt": after}, "hidden": SHOWN},
+                {
+                    "post_id": post_id,
+                    "created_at": after,
+                    "_id": {"$gt": after_id},
+                    "hidden": SHOWN,
+                },
             ]
         }
     # One round trip: the post (to check the caller may see it) and the page, a range of the
     # comments' (post_id, created_at, _id) index, one more than the page to know if it ends.
     pipeline = [
         {"$match": {"_id": post_id}},
-        {"$project": {"owner": 1, "owner_id": 1, "published": 1}},
+        {"$project": {"owner": 1, "owner_id": 1, "published": 1, "hidden": 1}},
         {
             "$unionWith": {
                 "coll": Comment.Settings.name,
@@ -145,13 +151,27 @@ async def delete_comment(comment_id: IdIn, user: WritingUser) -> None:
     )
     comment = await Comment.get(comment_id)
     post = await Post.get(comment.post_id) if comment is not None else None
-    if comment is None or post is None or not post.is_visible_to(user_id):
+    if comment is None or comment.hidden or post is None or not post.is_visible_to(user_id):
         raise missing
     if user_id not in (comment.author_id, post.owner_id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "Not authorized to perform requested action")
-    # PyMongo: Beanie has no find_one_and_delete, and only the request that deleted the
-    # comment may take it off the count.
-    deleted = await Comment.get_pymongo_collection().find_one_and_delete({"_id": comment_id})
-    if deleted is None:  # deleted meanwhile: the other request counted it off
+    if await remove_comment(comment_id) is None:  # deleted meanwhile: the other request counted it
         raise missing
-    await Post.find_one(Post.id == comment.post_id).update({"$inc": {"comments": -1}})
+
+
+async def remove_comment(comment_id: PydanticObjectId) -> dict[str, Any] | None:
+    """Delete a comment and take it off its post's count; the comment as deleted (its post,
+    author and `hidden`), or None if there was none (another request deleted it, and counted
+    it off). The author's, the post owner's and an admin's
+    delete all come here."""
+    # PyMongo: Beanie has no find_one_and_delete, and only the request that deleted the
+    # comment may take it off the count, if it was counted: a hidden comment (its author
+    # deactivated) was taken off when it was hidden.
+    deleted = await Comment.get_pymongo_collection().find_one_and_delete(
+        {"_id": comment_id}, projection={"post_id": 1, "author_id": 1, "hidden": 1}
+    )
+    if deleted is None:
+        return None
+    if not deleted.get("hidden"):
+        await Post.find_one(Post.id == deleted["post_id"]).update({"$inc": {"comments": -1}})
+    return dict(deleted)

@@ -21,7 +21,7 @@ from service.deps import (
 )
 from service.models import Comment, Post, PostCreate, PostOut, PostPublic, PostUpdate, Vote, id_of
 from service.models.base import new_id
-from service.models.post import PostOwner
+from service.models.post import SHOWN, PostOwner
 from service.routing import NEXT_PAGE_HEADERS, CollectionRouter, Responses, error
 from service.tallies import count_posts
 
@@ -187,7 +187,8 @@ def _etag(post: Post) -> str:
 async def _replaced(post: Post, changes: dict[str, Any], *, whole: bool) -> bool:
     """Whether `changes` were written: only while the post's `published` is as read, or with
     `whole`, its title, content and published flag (what its ETag versions)."""
-    match: dict[str, Any] = {"_id": post.id, "published": post.published}
+    # Not hidden either: the owner was deactivated since the post was read.
+    match: dict[str, Any] = {"_id": post.id, "published": post.published, "hidden": SHOWN}
     if whole:
         match |= {"title": post.title, "content": post.content}
     result = await Post.find_one(match).update({"$set": changes})
@@ -216,7 +217,7 @@ async def update_post(
     # whole version is, so that of two editors with one ETag exactly one wins.
     while not await _replaced(post, changes, whole=if_match is not None):
         again = await Post.get(post.id)
-        if again is None:
+        if again is None or again.hidden:
             raise no_such_post(post.id)
         if if_match is not None:
             raise conditional.stale()
@@ -241,15 +242,28 @@ async def delete_post(post: OwnedPostDep, if_match: IfMatch = None) -> None:
     match: dict[str, Any] = {"_id": post.id}
     if if_match is not None:
         match |= {"title": post.title, "content": post.content, "published": post.published}
-    # PyMongo: Beanie has no find_one_and_delete, and the count to move depends on whether
-    # the post as deleted was published.
-    deleted = await Post.get_pymongo_collection().find_one_and_delete(
-        match, projection={"published": 1}
-    )
-    if deleted is None:  # deleted since it was read (the other delete counted it off), or
+    if await remove_post(match) is None:  # deleted since it was read, or
         if if_match is not None and await Post.get(post.id) is not None:  # edited meanwhile
             raise conditional.stale()
         raise no_such_post(post.id)
-    await count_posts(post.owner_id, published=deleted["published"], delta=-1)
-    await Vote.find(Vote.post_id == post.id).delete()
-    await Comment.find(Comment.post_id == post.id).delete()
+
+
+async def remove_post(match: dict[str, Any]) -> dict[str, Any] | None:
+    """Delete the post `match` finds, with the votes and comments on it, and take it off the
+    feed's tallies; the post as deleted (its owner, title and flags), or None if there was
+    none (another request deleted it, and counted it off).
+
+    The owner's delete and an admin's both come here, so both cascade and count alike."""
+    # PyMongo: Beanie has no find_one_and_delete, and the count to move depends on the post
+    # as deleted: a draft is counted on its owner; a published post is in the published
+    # count unless it is hidden (its owner deactivated, which took it off already).
+    deleted = await Post.get_pymongo_collection().find_one_and_delete(
+        match, projection={"published": 1, "hidden": 1, "owner_id": 1, "title": 1}
+    )
+    if deleted is None:
+        return None
+    if not (deleted["published"] and deleted.get("hidden")):
+        await count_posts(deleted["owner_id"], published=deleted["published"], delta=-1)
+    await Vote.find(Vote.post_id == deleted["_id"]).delete()
+    await Comment.find(Comment.post_id == deleted["_id"]).delete()
+    return dict(deleted)

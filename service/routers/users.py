@@ -3,7 +3,7 @@
 from fastapi import HTTPException, Request, status
 from pymongo.errors import DuplicateKeyError
 
-from service import accounts, deps
+from service import accounts, deps, moderation
 from service.deps import CurrentUser, MailSenderDep, SettingsDep
 from service.models import (
     AccountDeletion,
@@ -16,6 +16,7 @@ from service.models import (
 )
 from service.models.base import IdIn, new_id
 from service.models.session import PasswordCheck
+from service.models.user import UserMe
 from service.routers.auth import INVALID_CREDENTIALS, THROTTLED
 from service.routing import CollectionRouter, Responses, error
 from service.security import hash_password
@@ -51,9 +52,9 @@ async def create_user(
 
 
 @router.get("/me", responses=UNAUTHORIZED)
-async def read_user_me(user: CurrentUser) -> UserPublic:
-    """The user the token belongs to."""
-    return UserPublic.model_validate(user)
+async def read_user_me(user: CurrentUser) -> UserMe:
+    """The user the token belongs to, with their role (which only they see)."""
+    return UserMe.model_validate(user)
 
 
 PASSWORD_CHECKED: Responses = {
@@ -102,13 +103,28 @@ async def update_password(
     return await accounts.start_session(changed, settings, check=check)
 
 
-@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_CHECKED)
+LAST_ADMIN_DELETION = "The last admin cannot delete their account: make another admin first"
+
+
+@router.delete(
+    "/me",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**PASSWORD_CHECKED, status.HTTP_409_CONFLICT: error(LAST_ADMIN_DELETION)},
+)
 async def delete_user_me(
     deletion_in: AccountDeletion, user: CurrentUser, request: Request, settings: SettingsDep
 ) -> None:
     """Delete your account, your posts, the votes on them and yours, and your sessions."""
     await check_password(user, deletion_in.password, request, settings)
-    if not await accounts.delete_account(user):  # the password changed or sessions ended
+    # An admin's account takes one off the count of admins first, if one is left after it
+    # (service/moderation.py): the last admin cannot go.
+    removes_admin = moderation.is_admin(user)
+    if removes_admin and not await moderation.reserve_admin_removal():
+        raise HTTPException(status.HTTP_409_CONFLICT, LAST_ADMIN_DELETION)
+    # Made only if the password, the sessions, the role and the active flag are as read.
+    if not await accounts.delete_account(user, where=moderation.as_read(user)):
+        if removes_admin:
+            await moderation.count_admins(1)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, deps.INVALID_CREDENTIALS, headers=deps.BEARER
         )
