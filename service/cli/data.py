@@ -1,60 +1,32 @@
-"""The `social-api` command: serve the API, and the admin tasks an operator runs by hand."""
+"""The data commands: `seed`, `export`, `import`, `recount` and `indexes`."""
 
-import asyncio
-import logging
 import os
 import random
-import shutil
-import signal
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
-import uvicorn
 from beanie import Document, PydanticObjectId
-from beanie.operators import In
 from bson import json_util
 from bson.errors import BSONError
 from bson.json_util import JSONOptions
 from pydantic import ValidationError
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
-from pymongo.results import UpdateResult
+from pymongo.errors import BulkWriteError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from service import db, derived, logs, metrics, security
-from service.config import ConfigurationError, Settings
-from service.models import (
-    DATA_DOCUMENTS,
-    DOCUMENTS,
-    OutboxMessage,
-    Post,
-    User,
-    UserCreate,
-    Vote,
-)
+from service import db, derived, security
+from service.cli import collection_name, database, fail, load_settings, run
+from service.models import DATA_DOCUMENTS, DOCUMENTS, Post, User, UserCreate, Vote
 from service.models.base import utc_now
-from service.models.outbox import MailStatus
 from service.models.post import PostOwner
 
-if TYPE_CHECKING:
-    from devstore import EmbeddedStore
-
-app = typer.Typer(
-    help="The Social API: serve it, and manage its MongoDB data.",
-    no_args_is_help=True,
-    add_completion=False,
-)
 console = Console(stderr=True)
-logger = logging.getLogger("service.cli")
 
 # Small batches: each is one command, and the embedded emulator spends time per insert that
 # grows with the collection, so a big batch can outlast its operation deadline.
@@ -69,154 +41,6 @@ WORDS = (
 )  # fmt: skip
 
 
-def fail(message: str) -> NoReturn:
-    # Plain echo, not rich: one unwrapped line, and no markup read into the message.
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def load_settings() -> Settings:
-    """The settings from the environment, or one line on what is wrong with them."""
-    try:
-        return Settings()
-    except ValidationError as error:
-        fail(
-            "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
-        )
-
-
-def run(task: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run an async command, turning the failures an operator can fix into one clear line."""
-    try:
-        asyncio.run(task())
-    except ConfigurationError as error:
-        fail(str(error))
-    except ConnectionFailure as error:
-        fail(f"cannot reach MongoDB: {error}")
-    except OSError as error:
-        fail(str(error))
-
-
-@asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[db.Database]:
-    """The service's database, initialised as the service does it (validators, indexes)."""
-    async with db.connect(settings) as connected:
-        await db.initialise(connected)
-        yield connected
-
-
-def collection_name(document: type[Document]) -> str:
-    name: str = document.Settings.name
-    return name
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(envvar="HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="PORT")] = 8000,
-    workers: Annotated[
-        int, typer.Option(envvar="WEB_CONCURRENCY", min=1, help="Worker processes.")
-    ] = 1,
-) -> None:
-    """Serve the HTTP API (what `make run` runs)."""
-    settings = load_settings()
-    logs.configure(settings.log_level, settings.log_format)
-    store: EmbeddedStore | None = None
-    try:
-        if settings.embedded and settings.embedded_store_url is None:
-            # This process owns the store and hands its URL to the app through the
-            # environment: with several workers they all share it, and a store that cannot
-            # open (not installed, another process has it, its port is taken) is one line
-            # here, not a startup traceback.
-            store = db.start_embedded_store(settings)
-            assert store.url is not None
-            os.environ["EMBEDDED_STORE_URL"] = store.url
-        # Refuse a missing or placeholder SECRET_KEY, or mail with nowhere to go, here, with a
-        # plain message, rather than in a worker's startup traceback; on the embedded store
-        # this creates the key file.
-        settings.with_secret_key().check_mail()
-    except (ConfigurationError, OSError) as error:
-        if store is not None:
-            store.stop()
-        fail(str(error))
-    # Several workers write their metrics to one directory, which /metrics sums; it must start
-    # empty, so each run has its own (unless the operator names one).
-    figures: Path | None = None
-    if workers > 1 and settings.metrics_enabled and metrics.MULTIPROCESS_DIR not in os.environ:
-        try:
-            figures = Path(tempfile.mkdtemp(prefix="social-api-metrics-"))
-        except OSError as error:
-            if store is not None:
-                store.stop()
-            fail(
-                f"no directory for the workers' metrics ({error}): give the temporary "
-                f"directory a writable mount, set {metrics.MULTIPROCESS_DIR} to an empty "
-                "writable directory, or set METRICS_ENABLED=false"
-            )
-        metrics.use_directory(figures)
-    # uvicorn shuts down gracefully on SIGTERM (in-flight requests finish), then sends the
-    # signal to itself again; by default that would kill this process before the `finally`
-    # below closes the embedded store. Here it ends the process normally instead.
-    signal.signal(signal.SIGTERM, _exit_quietly)
-    try:
-        uvicorn.run(
-            "service.main:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=None,  # the app configures logging (JSON lines or text) itself
-            access_log=False,  # one line per request comes from the app, with its request id
-            # The app reads X-Forwarded-For itself, from TRUSTED_PROXIES only; uvicorn's own
-            # handling would trust 127.0.0.1 by default.
-            proxy_headers=False,
-        )
-    finally:
-        if store is not None:
-            store.stop()
-        if figures is not None:
-            shutil.rmtree(figures, ignore_errors=True)
-
-
-def _exit_quietly(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
-
-
-@app.command("create-user")
-def create_user(
-    email: str,
-    password: Annotated[
-        str,
-        typer.Option(
-            prompt=True,
-            hide_input=True,
-            confirmation_prompt=True,
-            envvar="SOCIAL_API_PASSWORD",
-            help="Asked for if not given (or taken from SOCIAL_API_PASSWORD).",
-        ),
-    ],
-) -> None:
-    """Register a user, with the same rules as POST /users/."""
-    try:
-        user_in = UserCreate(email=email, password=password)
-    except ValidationError as error:
-        fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()))
-    settings = load_settings()
-
-    async def create() -> None:
-        async with database(settings):
-            hashed = await security.hash_password(user_in.password, settings)
-            user = User(email=user_in.email, hashed_password=hashed)
-            try:
-                await user.insert()
-            except DuplicateKeyError:
-                fail(f"{user_in.email} is already registered")
-            typer.echo(f"created user {user.id} <{user.email}>")
-
-    run(create)
-
-
-@app.command()
 def seed(
     users: Annotated[int, typer.Option(min=0, help="Demo users to create.")] = 100,
     posts: Annotated[int, typer.Option(min=0, help="Posts, spread over those users.")] = 1_000,
@@ -314,7 +138,6 @@ async def _insert_batch[D: Document](batch: list[D]) -> list[PydanticObjectId]:
     return [PydanticObjectId(inserted) for inserted in result.inserted_ids]
 
 
-@app.command("export")
 def export_data(
     directory: Annotated[Path, typer.Argument(help="Where to write <collection>.json files.")],
 ) -> None:
@@ -340,7 +163,6 @@ def export_data(
     run(write)
 
 
-@app.command("import")
 def import_data(
     directory: Annotated[Path, typer.Argument(help="Where the <collection>.json files are.")],
     drop: Annotated[
@@ -401,7 +223,6 @@ def import_data(
     run(load)
 
 
-@app.command()
 def recount() -> None:
     """Derive every post's owner and its vote and comment counts again from users, votes and
     comments (a repair)."""
@@ -419,7 +240,6 @@ def recount() -> None:
     run(derive)
 
 
-@app.command()
 def indexes() -> None:
     """Compare the indexes the documents declare with those MongoDB has."""
     settings = load_settings()
@@ -449,99 +269,3 @@ def indexes() -> None:
             fail(f"{missing} declared index(es) missing; start the service to create them")
 
     run(compare)
-
-
-# What `outbox` lists (mail still to go, or given up on), then what it only counts.
-OUTBOX_LISTED: tuple[MailStatus, ...] = ("pending", "sending", "failed")
-OUTBOX_COUNTED: tuple[MailStatus, ...] = (*OUTBOX_LISTED, "sent", "skipped")
-
-
-@app.command()
-def outbox(
-    retry: Annotated[
-        bool,
-        typer.Option(
-            "--retry",
-            help="Queue every failed message again: pending, due now, no attempts yet. Its "
-            "last error is kept until the next attempt replaces it.",
-        ),
-    ] = False,
-) -> None:
-    """List the mail pending, being sent or failed, oldest first, and count the outbox by
-    status (sent and skipped mail is kept a week); --retry queues the failed mail again."""
-    settings = load_settings()
-
-    async def show() -> None:
-        async with database(settings):
-            messages = (
-                await OutboxMessage.find(In(OutboxMessage.status, list(OUTBOX_LISTED)))
-                .sort("+created_at", "+_id")
-                .to_list()
-            )
-            rows = await OutboxMessage.aggregate(
-                [{"$group": {"_id": "$status", "count": {"$sum": 1}}}]
-            ).to_list()
-        counts = {row["_id"]: row["count"] for row in rows}
-        summary = ", ".join(f"{counts.get(status, 0)} {status}" for status in OUTBOX_COUNTED)
-        if not messages:
-            typer.echo(f"nothing pending, sending or failed in the outbox ({summary})")
-            return
-        for message in messages:
-            typer.echo(outbox_line(message))
-        typer.echo(f"outbox: {summary}")
-
-    async def queue_again() -> None:
-        async with database(settings):
-            # Failed is final for the senders, so none of them writes these meanwhile.
-            result = await OutboxMessage.find(OutboxMessage.status == "failed").update_many(
-                {"$set": {"status": "pending", "attempts": 0, "due_at": utc_now()}}
-            )
-        queued = result.modified_count if isinstance(result, UpdateResult) else 0
-        if not queued:
-            typer.echo("no failed mail to queue again")
-            return
-        typer.echo(
-            f"queued {queued} failed message(s) again: a running API sends them within "
-            f"MAIL_POLL_SECONDS ({settings.mail_poll_seconds:g} s)"
-        )
-
-    run(queue_again if retry else show)
-
-
-def outbox_line(message: OutboxMessage) -> str:
-    """One message as `outbox` lists it; the recipient and the error are made one line of
-    printable text (an SMTP server's answer may hold line breaks or escape sequences)."""
-    fields = [
-        str(message.id),
-        f"{message.status:<7}",
-        f"{message.kind:<18}",
-        printable(message.to),
-        f"attempts {message.attempts}",
-    ]
-    if message.status == "pending":
-        fields.append(f"due {timestamp(message.due_at)}")
-    elif message.status == "sending":
-        # A sending message's due_at is its sender's lease: after it, another may claim it.
-        fields.append(f"claimed until {timestamp(message.due_at)}")
-    if message.last_error:
-        fields.append(f"last error: {printable(message.last_error)}")
-    return "  ".join(fields)
-
-
-def printable(text: str) -> str:
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
-
-
-def timestamp(moment: datetime) -> str:
-    """UTC to the second; a naive datetime is taken as UTC, as the service stores them."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
