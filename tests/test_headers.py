@@ -6,7 +6,7 @@ from asgi_lifespan import LifespanManager
 
 from service.config import Settings
 from service.main import create_app
-from tests.factories import DEFAULT_PASSWORD, create_user, register
+from tests.factories import DEFAULT_PASSWORD, create_admin, create_user, register
 
 SECURITY = {
     "x-content-type-options": "nosniff",
@@ -16,7 +16,8 @@ SECURITY = {
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("GET", "/healthz"), ("GET", "/posts/"), ("GET", "/nowhere")]
+    ("method", "path"),
+    [("GET", "/healthz"), ("GET", "/posts/"), ("GET", "/admin/users"), ("GET", "/nowhere")],
 )
 async def test_every_response_carries_the_security_headers(client, method, path):
     response = await client.request(method, path)
@@ -39,6 +40,24 @@ async def test_authenticated_answers_are_never_cached_and_public_ones_may_be(cli
     health = await client.get("/healthz")
     assert me.headers["cache-control"] == "no-store"
     assert "cache-control" not in health.headers
+
+
+async def test_admin_answers_are_never_cached(client):
+    """Every account's email, and the audit log: no cache may keep them, nor a refusal."""
+    admin, user, member = (
+        await create_admin(client),
+        await create_user(client),
+        await create_user(client),
+    )
+    answers = [
+        await client.get("/admin/users", headers=admin.headers),
+        await client.post(f"/admin/users/{user.id}/deactivate", headers=admin.headers),
+        await client.get("/admin/audit", headers=admin.headers),
+        await client.get("/admin/audit", headers=member.headers),
+        await client.get("/admin/audit", headers=user.headers),  # deactivated: its token is dead
+    ]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 403, 401]
+    assert [answer.headers.get("cache-control") for answer in answers] == ["no-store"] * 5
 
 
 def test_cors_origins_read_as_a_comma_separated_or_json_list(monkeypatch):

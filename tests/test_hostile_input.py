@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.factories import create_post, create_user
+from tests.factories import create_admin, create_post, create_user
 
 # Bodies json.loads accepts and RFC 8259 does not, or that nothing downstream can store.
 NOT_JSON = {
@@ -32,6 +32,32 @@ async def test_unrepresentable_json_without_a_token_is_401(client, body):
     response = await client.post("/vote/", content=body, headers=JSON)
     assert response.status_code == 401
     assert response.json() == {"detail": "Not authenticated"}
+
+
+@pytest.mark.parametrize("body", NOT_JSON.values(), ids=NOT_JSON.keys())
+async def test_unrepresentable_json_to_an_admin_action_is_422_and_acts_on_nothing(client, body):
+    """Deactivation's body is optional: a parser that let such a body through as "no reason"
+    would deactivate the account."""
+    admin, user = await create_admin(client), await create_user(client)
+    response = await client.post(
+        f"/admin/users/{user.id}/deactivate", content=body, headers={**admin.headers, **JSON}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+    assert (await client.get("/admin/audit", headers=admin.headers)).json() == []
+    me = await client.get("/users/me", headers=user.headers)
+    assert me.status_code == 200 and me.json()["role"] == "user"
+
+
+@pytest.mark.parametrize("body", NOT_JSON.values(), ids=NOT_JSON.keys())
+async def test_unrepresentable_json_to_an_admin_action_by_anyone_else_is_401_or_403(client, body):
+    """Who may call the route is answered before anything is said of the body."""
+    user = await create_user(client)
+    path = f"/admin/users/{user.id}/deactivate"
+    anonymous = await client.post(path, content=body, headers=JSON)
+    member = await client.post(path, content=body, headers={**user.headers, **JSON})
+    assert (anonymous.status_code, anonymous.json()) == (401, {"detail": "Not authenticated"})
+    assert (member.status_code, member.json()) == (403, {"detail": "Admin role required"})
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,14 @@ from service.db import declared_indexes
 from service.main import create_app
 from service.models import DOCUMENTS
 from service.models.post import COUNTERS
-from tests.factories import DEFAULT_PASSWORD, bearer, create_post, create_user, login_pair
+from tests.factories import (
+    DEFAULT_PASSWORD,
+    bearer,
+    create_admin,
+    create_post,
+    create_user,
+    login_pair,
+)
 
 # Commands that carry a query, and where it is.
 QUERY_OF = {
@@ -189,6 +196,52 @@ async def run_every_route(client: httpx.AsyncClient) -> None:
         json={"password": DEFAULT_PASSWORD},
     )
     assert pair["access_token"]
+    await run_every_admin_route(client)
+
+
+async def run_every_admin_route(client: httpx.AsyncClient) -> None:
+    """The admin routes, on an account with posts (one a draft) and comments (on its own post
+    and another user's), so that deactivation and activation sweep them. Each answer is
+    checked: a refused request would not send the queries that are to be checked."""
+    admin, cat, dan = (
+        await create_admin(client),
+        await create_user(client),
+        await create_user(client),
+    )
+    dans = await create_post(client, dan)
+    cats = await create_post(client, cat)
+    await create_post(client, cat, published=False)
+    on_dans = f"/posts/{dans['id']}/comments"
+    made = await client.post(on_dans, headers=cat.headers, json={"content": "c"})
+    await client.post(on_dans, headers=cat.headers, json={"content": "d"})
+    await client.post(f"/posts/{cats['id']}/comments", headers=cat.headers, json={"content": "e"})
+    for search in ("", "USER"):
+        params: dict[str, str | int] = {"limit": 1, "search": search}
+        first = await client.get("/admin/users", params=params, headers=admin.headers)
+        assert first.status_code == 200 and len(first.json()) == 1, first.text
+        params["cursor"] = first.headers["x-next-cursor"]
+        page = await client.get("/admin/users", params=params, headers=admin.headers)
+        assert page.status_code == 200 and len(page.json()) == 1, page.text
+    user = f"/admin/users/{cat.id}"
+    why = {"reason": "checking the indexes"}
+    answers = [
+        await client.post(f"{user}/deactivate", headers=admin.headers, json=why),
+        await client.post("/login", data={"username": cat.email, "password": DEFAULT_PASSWORD}),
+        await client.post(f"{user}/activate", headers=admin.headers),
+        await client.put(f"{user}/role", headers=admin.headers, json={"role": "admin"}),
+        await client.put(f"{user}/role", headers=admin.headers, json={"role": "user", **why}),
+        await client.request(
+            "DELETE", f"/admin/posts/{cats['id']}", headers=admin.headers, json=why
+        ),
+        await client.delete(f"/admin/comments/{made.json()['id']}", headers=admin.headers),
+    ]
+    assert [answer.status_code for answer in answers] == [200, 403, 200, 200, 200, 204, 204]
+    assert answers[1].json() == {"detail": "Account disabled"}
+    first = await client.get("/admin/audit", params={"limit": 1}, headers=admin.headers)
+    assert first.status_code == 200 and len(first.json()) == 1, first.text
+    cursor = first.headers["x-next-cursor"]
+    page = await client.get("/admin/audit", params={"cursor": cursor}, headers=admin.headers)
+    assert page.status_code == 200 and len(page.json()) == 5, page.text
 
 
 async def test_every_query_of_every_route_is_served_by_a_declared_index(settings, restore_beanie):
@@ -208,6 +261,7 @@ async def test_every_query_of_every_route_is_served_by_a_declared_index(settings
         "refresh_tokens",
         "login_attempts",
         "comments",
+        "audit",
         COUNTERS,
     }
     unserved: list[tuple[str, list[str] | str]] = []

@@ -9,6 +9,7 @@ import pytest
 
 from service import logs
 from service.main import create_app
+from tests.factories import create_admin, create_user
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -78,6 +79,60 @@ async def test_an_unhandled_error_logs_its_request_id(settings, caplog):
     assert "RuntimeError: boom" in formatted["exception"]
     [access] = access_records(caplog)
     assert access.__dict__["status"] == 500  # an `extra=` field
+
+
+class Lines(logging.Handler):
+    """The lines a handler of the service's own writes: request ids stamped as they are
+    logged, in the JSON format."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(logs.RequestIdFilter())
+        self.setFormatter(logs.JSONFormatter())
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_an_admin_action_leaves_one_audit_line_with_its_request_id(client, caplog):
+    """Done or refused, an admin action's line names its audit document and carries the id
+    of the request, which ties it to the request's access line."""
+    caplog.set_level(logging.INFO, logger="service")
+    admin, user = await create_admin(client), await create_user(client)
+    handler = Lines()
+    logging.getLogger("service.audit").addHandler(handler)
+    try:
+        done = await client.post(
+            f"/admin/users/{user.id}/deactivate",
+            json={"reason": "spam"},
+            headers={**admin.headers, "X-Request-ID": "audit-1"},
+        )
+        refused = await client.post(
+            f"/admin/users/{'0' * 24}/activate",
+            headers={**admin.headers, "X-Request-ID": "audit-2"},
+        )
+    finally:
+        logging.getLogger("service.audit").removeHandler(handler)
+    assert (done.status_code, refused.status_code) == (200, 404)
+    log = (await client.get("/admin/audit", headers=admin.headers)).json()
+    assert [entry["outcome"] for entry in log] == ["refused", "done"]  # newest first
+    for line in handler.lines:
+        assert str(line.pop("time")).endswith("+00:00")
+        assert str(line.pop("message")).startswith("Admin action ")
+    assert handler.lines == [
+        {
+            "level": "INFO",
+            "logger": "service.audit",
+            "request_id": request_id,
+            "audit_id": entry["id"],
+            "action": entry["action"],
+            "outcome": entry["outcome"],
+            "target": f"user:{entry['target']['id']}",
+            "actor": admin.id,
+        }
+        for request_id, entry in zip(["audit-1", "audit-2"], reversed(log), strict=True)
+    ]
 
 
 def test_text_lines_cannot_be_forged_through_a_path():

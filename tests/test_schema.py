@@ -1,10 +1,12 @@
-"""Schema fuzzing: every operation of the OpenAPI document, authenticated, with every check.
+"""Schema fuzzing: every operation of the OpenAPI document, authenticated as an admin, with
+every check.
 
 schemathesis generates requests from the document (valid ones, and invalid ones that must be
 refused) and checks each response against it: no server errors, documented status codes,
 bodies and headers that match their schemas, content types, authentication not ignored,
 valid data accepted and invalid data refused. It runs the app in-process (ASGI) on an event
-loop of its own, so the app here is one of its own, on a database of its own.
+loop of its own, so the app here is one of its own, on a database of its own. The account
+it calls with is an admin, so the admin routes answer what an admin gets, not 403.
 
 SCHEMA_EXAMPLES sets the examples per operation (`make fuzz` runs 500).
 """
@@ -13,14 +15,16 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import jsonschema
 import pytest
 import schemathesis
 from beanie import init_beanie
+from bson import ObjectId
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from pymongo import MongoClient
 from schemathesis.config import SchemathesisConfig
 from schemathesis.python.asgi import ASGIApp, ASGIClient, get_client
 
@@ -37,6 +41,8 @@ from service.models import (
     UserCreate,
     VoteCreate,
 )
+from service.models.post import COUNTERS
+from service.models.user import ADMIN, ADMINS_COUNTER, AdminAction, RoleChange
 from tests.conftest import make_settings, start_sender, stop_sender
 
 EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "25"))
@@ -71,11 +77,29 @@ def asgi_client(app: FastAPI) -> ASGIClient:
 
 @pytest.fixture(scope="module")
 def fuzz_app(mongodb_url: str) -> FastAPI:
-    FUZZ_APP.state.settings = fuzz_settings(mongodb_url)
+    settings = fuzz_settings(mongodb_url)
+    FUZZ_APP.state.settings = settings
     with asgi_client(FUZZ_APP) as client:
         created = client.post("/users/", json={"email": EMAIL, "password": PASSWORD})
-    assert created.status_code == 201, created.text
+        assert created.status_code == 201, created.text
+        make_admin(mongodb_url, settings.mongodb_db, created.json()["id"])
+    token = fresh_token(FUZZ_APP)  # the role holds from the account's next request
+    with asgi_client(FUZZ_APP) as client:
+        me = client.get("/users/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200 and me.json()["role"] == ADMIN, me.text
     return FUZZ_APP
+
+
+def make_admin(mongodb_url: str, database: str, user_id: str) -> None:
+    """Make the fuzzing account an admin, as service/moderation.py makes one: its role, then
+    one more in the count of active admins. By a client of its own, and synchronous: the app's
+    client, and Beanie's documents with it, belong to schemathesis's event loop."""
+    mongo: MongoClient[dict[str, Any]] = MongoClient(mongodb_url)
+    with mongo:
+        db = mongo[database]
+        made = db["users"].update_one({"_id": ObjectId(user_id)}, {"$set": {"role": ADMIN}})
+        assert made.modified_count == 1
+        db[COUNTERS].update_one({"_id": ADMINS_COUNTER}, {"$inc": {"value": 1}}, upsert=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,6 +142,8 @@ def test_every_operation_conforms_to_the_schema(case, fuzz_app):
         LogoutRequest,
         PasswordChange,
         AccountDeletion,
+        AdminAction,
+        RoleChange,
     ],
 )
 def test_every_request_example_is_valid(model):
