@@ -155,9 +155,18 @@ def _hidden(value: bool) -> dict[str, Any]:
 
 
 async def _sweep_posts(owner_id: PydanticObjectId, *, hide: bool) -> None:
-    """Hide or show every post of the owner; move the published count by what changed."""
+    """Hide or show every post of the owner; move the published count by what changed.
+
+    Round after round until one changes nothing, while the account still says `hide`: once it
+    does not (another admin changed it meanwhile, and is sweeping the other way), this sweep
+    stops, and `sync_content` reads the account again and sweeps as it now is. Two sweeps in
+    opposite directions would otherwise undo each other's rounds for ever."""
     posts = Post.get_pymongo_collection()
+    users = User.get_pymongo_collection()
     while True:
+        account = await users.find_one({"_id": owner_id}, {"active": 1})
+        if account is None or account.get("active", True) == hide:
+            return
         changed = 0
         for published in (True, False):
             result = await posts.update_many(
