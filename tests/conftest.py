@@ -117,14 +117,40 @@ async def check_for_leaks(response: httpx.Response) -> None:
         assert_no_secrets(response.json())
 
 
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client for the app; it checks every response it receives for leaks."""
-    async with httpx.AsyncClient(
+def checked_client(app: FastAPI) -> httpx.AsyncClient:
+    """An HTTP client for an app that checks every response it receives for leaks."""
+    return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://testserver",
         event_hooks={"response": [check_for_leaks]},
-    ) as http:
+    )
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the app; it checks every response it receives for leaks."""
+    async with checked_client(app) as http:
+        yield http
+
+
+@pytest.fixture
+async def own_app(settings: Settings, restore_beanie: None) -> AsyncIterator[FastAPI]:
+    """An app on a database of its own, dropped afterwards: for a test whose counts must hold
+    only its own documents (the count of active admins, which the suite's database shares
+    with whatever ran before)."""
+    name = f"test_own_{uuid.uuid4().hex[:12]}"
+    application = create_app(make_settings(settings.mongodb_url or "", name))
+    async with LifespanManager(application):
+        try:
+            yield application
+        finally:
+            await application.state.database.client.drop_database(name)
+
+
+@pytest.fixture
+async def own_client(own_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """`checked_client` of `own_app`."""
+    async with checked_client(own_app) as http:
         yield http
 
 

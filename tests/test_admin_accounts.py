@@ -4,22 +4,16 @@ deletion), roles, and the users list.
 """
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from beanie import PydanticObjectId
 from bson import ObjectId
 
 from service import moderation
-from service.config import Settings
-from service.main import create_app
 from service.models import User
 from service.models.user import ADMINS_COUNTER
 from service.tallies import counters
-from tests.conftest import check_for_leaks, make_settings
 from tests.factories import (
     ADMIN_ONLY,
     NOT_YOURSELF,
@@ -106,24 +100,6 @@ async def test_an_admin_cannot_deactivate_or_demote_themselves(client):
         response = await act(client, admin, action, admin.id, body)
         assert response.status_code == 200, response.text
         assert (response.json()["role"], response.json()["active"]) == ("admin", True)
-
-
-@pytest.fixture
-async def own_client(settings: Settings, restore_beanie: None) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of an app on a database of its own: the count of active admins holds only
-    the test's admins (the suite's is shared with whatever ran before)."""
-    name = f"test_admin_{uuid.uuid4().hex[:12]}"
-    app = create_app(make_settings(settings.mongodb_url or "", name))
-    async with LifespanManager(app):
-        try:
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://t",
-                event_hooks={"response": [check_for_leaks]},
-            ) as http:
-                yield http
-        finally:
-            await app.state.database.client.drop_database(name)
 
 
 async def test_the_last_admin_cannot_be_removed(own_client):

@@ -8,23 +8,17 @@ RACE_REPETITIONS (default 6) sets how many times each race is run.
 
 import asyncio
 import os
-import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
 import httpx
-import pytest
-from asgi_lifespan import LifespanManager
 from beanie import PydanticObjectId
 from fastapi import FastAPI
 
-from service.config import Settings
 from service.derived import recount
-from service.main import create_app
 from service.models.post import COUNTERS, PUBLISHED_COUNTER
 from service.models.user import ADMINS_COUNTER
-from tests.conftest import check_for_leaks, make_settings
 from tests.factories import LoggedInUser, create_admin, create_post, create_user, login
 from tests.test_comments import comment
 from tests.test_moderation_properties import (
@@ -298,33 +292,12 @@ async def test_deactivate_and_activate_at_once_leave_posts_as_the_account_ends(
         await flip_at_once(client, database, member, posts=theirs, commented_post=target)
 
 
-@pytest.fixture
-async def own_app(
-    settings: Settings, restore_beanie: None
-) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
-    """An app on a database of its own, so that the admins counter holds only this test's
-    admins (the suite's is shared by every test)."""
-    own = make_settings(settings.mongodb_url or "", f"moderation_{uuid.uuid4().hex[:12]}")
-    application = create_app(own)
-    async with LifespanManager(application):
-        database: Database = application.state.database
-        try:
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=application),
-                base_url="http://testserver",
-                event_hooks={"response": [check_for_leaks]},
-            ) as http:
-                yield http, database
-        finally:
-            await database.client.drop_database(own.mongodb_db)
-
-
 async def test_two_admins_demoting_each_other_at_once_leave_one_admin(
-    own_app: tuple[httpx.AsyncClient, Database],
+    own_app: FastAPI, own_client: httpx.AsyncClient
 ) -> None:
     """With exactly two admins, each demotes the other at the same moment: exactly one
     succeeds, and one admin is left."""
-    client, database = own_app
+    client, database = own_client, own_app.state.database
     for _ in range(REPETITIONS):
         await empty_database(database)
         first, second = await create_admin(client), await create_admin(client)
