@@ -30,6 +30,7 @@ from mongoeco.core.query_plan import (
     InCondition,
     LessThanCondition,
     LessThanOrEqualCondition,
+    NotEqualsCondition,
     OrCondition,
     QueryNode,
 )
@@ -46,6 +47,7 @@ from mongoeco.wire.cursors import WireCursorStore
 
 _COMPARISONS = (
     EqualsCondition,
+    NotEqualsCondition,
     GreaterThanCondition,
     GreaterThanOrEqualCondition,
     LessThanCondition,
@@ -55,7 +57,8 @@ _COMPARISONS = (
 
 def _plain_plan(node: QueryNode) -> bool:
     """Whether mongoeco's matcher answers `node` the same with no variables and any dialect:
-    comparisons with a value (not null), `$in`, `$exists`, and `$and`/`$or` of those."""
+    comparisons with a value (not null; `$ne` too, which the service asks of `hidden`),
+    `$in`, `$exists`, and `$and`/`$or` of those."""
     if isinstance(node, AndCondition | OrCondition):
         return all(_plain_plan(clause) for clause in node.clauses)
     if isinstance(node, _COMPARISONS):
@@ -220,7 +223,7 @@ class FixedSQLiteEngine(SQLiteEngine):
             None,
         )
         # Anything the matcher might answer otherwise without the operation's variables and
-        # dialect (`$expr`, `$ne`, null...) goes mongoeco's way, which has them.
+        # dialect (`$expr`, null...) goes mongoeco's way, which has them.
         if by_id is None or options.get("hint") is not None or not _plain_plan(plan):
             return super()._select_first_document_for_plan(db_name, coll_name, plan, **options)
         found = super()._select_first_document_for_plan(db_name, coll_name, by_id, **options)
@@ -359,7 +362,9 @@ class FixedSQLiteEngine(SQLiteEngine):
 
 # Query operators a `$unionWith`'s opening `$match` may use to be read as a find: plain
 # comparisons of stored values, nothing that evaluates expressions or variables.
-_FIND_OPERATORS = frozenset({"$and", "$or", "$in", "$eq", "$gt", "$gte", "$lt", "$lte", "$exists"})
+_FIND_OPERATORS = frozenset(
+    {"$and", "$or", "$in", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$exists"}
+)
 
 
 def _plain_filter(value: object) -> bool:
